@@ -1,0 +1,150 @@
+"""The Generator interface every model is reached through, and the context models are built in.
+
+A suite only ever sees a `Generator`: `sample(prompts, seeds)` and, optionally,
+`log_likelihood(x, prompts, seeds)`. It never imports a concrete model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ntm.checkpoint import is_saved
+
+ESTIMATORS = ("exact", "elbo", "iwae", "ode")
+TARGETS = ("trajectory", "data")
+
+
+def stable_hash(obj: Any) -> str:
+    """SHA-256 of the canonical JSON of `obj` (sorted keys): a content key for configs and specs."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """What a record says about the model that produced it."""
+
+    name: str
+    family: str
+    steps: int
+    nfe: int
+    parameters: int
+    weights_hash: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"settings": dict(self.settings)}
+
+    @property
+    def hash(self) -> str:
+        return stable_hash(self.to_dict())
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    likelihood: bool = False
+    guidance: bool = False
+    trajectory: bool = False
+
+
+@dataclass(frozen=True)
+class LikelihoodResult:
+    """Negative log-likelihood per sample, in nats, of continuous inputs in [-1, 1]^D.
+
+    `estimator` says how it was obtained (exact | elbo | iwae | ode), `target` what it is a
+    likelihood of (the data point, or the whole generative trajectory), `settings` the
+    estimator's knobs; `stderr` the per-sample Monte-Carlo standard error where one exists.
+    """
+
+    nll_nats: Tensor
+    estimator: str
+    target: str
+    settings: Mapping[str, Any]
+    stderr: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator {self.estimator!r} is not one of {ESTIMATORS}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target {self.target!r} is not one of {TARGETS}")
+
+
+class Generator(ABC):
+    """A text-to-image model as the suites see it."""
+
+    spec: GeneratorSpec
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    @abstractmethod
+    def sample(self, prompts: Sequence[str], seeds: Sequence[int], steps: int | None = None) -> Tensor:
+        """uint8 images (N, C, H, W), one per prompt; image i depends only on (prompts[i], seeds[i])."""
+
+    def log_likelihood(self, x: Tensor, prompts: Sequence[str], seeds: Sequence[int]) -> LikelihoodResult:
+        """-log p(x | prompt) for x in [-1, 1]^D; `seeds` drive any Monte-Carlo estimator per sample."""
+        raise NotImplementedError(f"{self.spec.name} reports no likelihood")
+
+
+class DataSource(Protocol):
+    """The part of a world a model needs to train: shapes, vocabulary and seeded batches."""
+
+    resolution: int
+    channels: int
+
+    def vocabulary(self) -> list[str]: ...
+
+    def batch(self, indices: Sequence[int], split: str = "train") -> Any: ...
+
+
+def to_model_space(images: np.ndarray | Tensor, noise: Tensor | None = None) -> Tensor:
+    """uint8 pixels -> [-1, 1]; with `noise` ~ U[0,1) added first (uniform dequantisation)."""
+    x = torch.as_tensor(images).double()
+    if noise is not None:
+        x = x + noise
+    else:
+        x = x + 0.5
+    return (x / 128.0 - 1.0).float()
+
+
+def to_pixels(x: Tensor) -> Tensor:
+    """[-1, 1] -> uint8 pixels, the inverse of `to_model_space` up to quantisation."""
+    return ((x.float().clamp(-1, 1) + 1) * 128.0 - 0.5).round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass
+class BuildContext:
+    """What a model may use to build itself: the world, the device, training budgets, a cache.
+
+    `train` maps a training recipe name (e.g. "flow_matching") to its budget from the preset;
+    `backbone` holds the shared backbone's size and patch, so every method gets the same network.
+    """
+
+    world: DataSource
+    device: torch.device
+    checkpoint_root: Path
+    backbone: Mapping[str, Any]
+    train: Mapping[str, Mapping[str, Any]]
+    progress: bool = True
+
+    def train_config(self, recipe: str) -> dict:
+        if recipe not in self.train:
+            raise KeyError(
+                f"the preset has no training budget for {recipe!r}; add a [train.{recipe}] table "
+                f"(present: {', '.join(sorted(self.train)) or 'none'})"
+            )
+        return dict(self.train[recipe])
+
+    def checkpoint(self, recipe: str, config: Mapping[str, Any], train_fn: Callable[[Path], None]) -> Path:
+        """The folder of the model `recipe` trained with `config`, training it first if not cached."""
+        directory = self.checkpoint_root / f"{recipe}-{stable_hash(config)[:12]}"
+        if not is_saved(directory):
+            train_fn(directory)
+        return directory

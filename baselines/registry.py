@@ -1,0 +1,110 @@
+"""Model registry: names -> adapters, by lazy "module:Class" strings, a decorator, or entry points.
+
+Entries are strings until built, so the registry imports none of its users (no import cycle);
+a separate package adds a model through the `ntm_bench.generators` entry-point group, whose
+object is a `ModelEntry` or a callable returning a list of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from baselines.base import BuildContext, Generator
+
+ENTRY_POINT_GROUP = "ntm_bench.generators"
+
+
+class UnknownNameError(KeyError):
+    """An unknown registry name; the message lists the valid ones."""
+
+    def __init__(self, kind: str, name: str, available: list[str]) -> None:
+        super().__init__(name)
+        self.message = f"unknown {kind} {name!r}; available: {', '.join(sorted(available))}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: `target` is "module:Class" of a Generator with `from_context(ctx, name, **options)`."""
+
+    name: str
+    target: str
+    options: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def load(self) -> type[Generator]:
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+_MODELS: dict[str, ModelEntry] = {}
+_entry_points_loaded = False
+
+
+def register(name: str, target: str | type, description: str = "", **options: Any) -> None:
+    """Register `name`; `target` is a Generator class or its lazy "module:Class" path."""
+    if not isinstance(target, str):
+        target = f"{target.__module__}:{target.__qualname__}"
+    _MODELS[name] = ModelEntry(name, target, options, description)
+
+
+def generator(name: str, description: str = "", **options: Any) -> Callable[[type], type]:
+    """Class decorator form of `register`."""
+
+    def wrap(cls: type) -> type:
+        register(name, cls, description, **options)
+        return cls
+
+    return wrap
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        obj = ep.load()
+        entries = obj() if callable(obj) and not isinstance(obj, ModelEntry) else obj
+        for entry in [entries] if isinstance(entries, ModelEntry) else entries:
+            _MODELS.setdefault(entry.name, entry)
+
+
+def available_models() -> list[str]:
+    _load_entry_points()
+    return sorted(_MODELS)
+
+
+def get_entry(name: str) -> ModelEntry:
+    _load_entry_points()
+    if name not in _MODELS:
+        raise UnknownNameError("model", name, list(_MODELS))
+    return _MODELS[name]
+
+
+def build(name: str, ctx: BuildContext, **overrides: Any) -> Generator:
+    """Instantiate model `name` in `ctx` (training it first if its weights are not cached)."""
+    entry = get_entry(name)
+    return entry.load().from_context(ctx, name=name, **(entry.options | overrides))
+
+
+register(
+    "fm-teacher",
+    "baselines.flow_matching:FlowMatchingGenerator",
+    "rectified-flow teacher, Heun sampler at its full step count",
+    solver="heun",
+    steps=16,
+)
+register(
+    "fm-teacher-4",
+    "baselines.flow_matching:FlowMatchingGenerator",
+    "the same rectified-flow teacher sampled with 4 Euler steps",
+    solver="euler",
+    steps=4,
+)

@@ -1,0 +1,32 @@
+"""Training glue shared by every trained model: seeded world batches in, a cached checkpoint out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from baselines.base import DataSource, to_model_space
+
+
+def training_batch(
+    world: DataSource, step: int, batch_size: int, seed: int, cfg_dropout: float, device: torch.device
+) -> tuple[Tensor, list[str]]:
+    """Batch number `step` of a training run: dequantised images in [-1, 1] and captions.
+
+    Everything is drawn from (seed, step), so a run is reproducible and a resumed run sees the
+    same batches. A fraction `cfg_dropout` of captions is replaced by the empty (null) prompt,
+    which trains the unconditional model classifier-free guidance needs.
+    """
+    rng = np.random.default_rng([seed, step])
+    batch = world.batch(rng.integers(0, 2**31 - 1, size=batch_size).tolist(), split="train")
+    noise = torch.from_numpy(rng.random(batch.images.shape))
+    captions = [("" if drop else c) for c, drop in zip(batch.captions, rng.random(batch_size) < cfg_dropout, strict=True)]
+    return to_model_space(batch.images, noise).to(device), captions
+
+
+def per_sample_noise(seeds: Sequence[int], shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """One standard-normal draw of `shape` per seed: sample i never depends on the batch it is in."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(device)

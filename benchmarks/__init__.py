@@ -1,0 +1,1 @@
+"""Worlds, suites, runner and records of the ntm-bench harness."""

@@ -1,0 +1,60 @@
+"""Weights on disk: `model.safetensors` + `config.json` in one folder, written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def save_pretrained(directory: str | Path, state_dict: dict[str, torch.Tensor], config: dict) -> Path:
+    """Write weights and config into `directory`; a reader never sees a half-written folder."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+        save_file(tensors, tmp / WEIGHTS)
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> tuple[dict, dict]:
+    """(state_dict, config) from a folder written by `save_pretrained`; clear errors when absent."""
+    directory = Path(directory)
+    missing = [name for name in (WEIGHTS, CONFIG) if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{directory} is not a saved model: missing {', '.join(missing)}. "
+            "Pass a folder written by save_pretrained (or train one with `ntm-bench reproduce`)."
+        )
+    config = json.loads((directory / CONFIG).read_text())
+    return load_file(directory / WEIGHTS, device=str(device)), config
+
+
+def is_saved(directory: str | Path) -> bool:
+    directory = Path(directory)
+    return (directory / WEIGHTS).is_file() and (directory / CONFIG).is_file()
+
+
+def weights_hash(directory: str | Path) -> str:
+    """SHA-256 of the weights file: identifies the exact parameters a record was produced with."""
+    digest = hashlib.sha256()
+    with open(Path(directory) / WEIGHTS, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
