@@ -235,7 +235,7 @@ def test_exact_trace_likelihood_matches_the_closed_form(flow):
     x0 = flow.sample(4, seed=3)
     result = ode_log_likelihood(flow, x0, _cond(4), steps=16, trace="exact")
     assert result.logp_nats.dtype == F64 and result.stderr_nats is None
-    # measured max error: 3.6e-7 to 1.0e-6 nats per dimension at 16 RK4 steps
+    # measured max error: 2.9e-7 to 5.8e-7 nats per dimension at 16 RK4 steps
     dim = math.prod(flow.shape)
     assert (result.logp_nats - flow.log_prob(x0)).abs().max() / dim < 1e-5
 
@@ -361,7 +361,8 @@ def test_float32_inputs_run_the_network_in_float32_and_accumulate_in_float64():
     result = ode_log_likelihood(flow, x0.float(), _cond(4), steps=16, trace="exact")
     assert {dtype for _, dtype in flow.calls} == {torch.float32}
     assert result.logp_nats.dtype == F64
-    assert (result.logp_nats - flow.log_prob(x0)).abs().max() < 1e-3
+    # measured 5.6e-6 nats in all (float32 network, float64 accumulation)
+    assert (result.logp_nats - flow.log_prob(x0)).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from benchmarks.geneval_rules import (
     validate_metadata,
 )
 
-GENEVAL_METADATA = Path(__file__).resolve().parents[2] / "shared/data/geneval/evaluation_metadata.jsonl"
+GENEVAL_METADATA = Path(__file__).resolve().parents[1] / "benchmarks/data/geneval/evaluation_metadata.jsonl"
 
 
 def det(cls, color=None, box=(0, 0, 4, 4)):
@@ -125,7 +125,6 @@ def test_scores_a_real_geneval_row():
     assert not score([det("teddy bear", box=(30, 2, 40, 12)), det("dog", box=(0, 0, 10, 10))], meta)[0]
 
 
-@pytest.mark.skipif(not GENEVAL_METADATA.exists(), reason=f"GenEval metadata not found at {GENEVAL_METADATA}")
 def test_loads_all_553_geneval_rows_with_six_tags():
     rows = load_geneval_metadata(GENEVAL_METADATA)
     assert len(rows) == 553

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from baselines.registry import UnknownNameError
+from ntm.train import TrainConfig
 
 PRESET_DIR = Path(__file__).parent
 
@@ -57,4 +58,19 @@ def load_preset(name_or_path: str | Path) -> Preset:
     for key in ("models", "suites", "seeds"):
         if key in data:
             data[key] = tuple(data[key])
-    return Preset(**data)
+    preset = Preset(**data)
+    _validate(preset, path)
+    return preset
+
+
+def _validate(preset: Preset, path: Path) -> None:
+    """Fail on load, naming the file, rather than after an hour of training."""
+    from benchmarks.suites import get_suite
+
+    for name in set(preset.suites) | set(preset.suite_options):
+        get_suite(name, preset.suite_options.get(name))
+    for recipe, options in preset.train.items():
+        try:
+            TrainConfig.from_dict(options)
+        except ValueError as err:
+            raise ValueError(f"preset {path}, [train.{recipe}]: {err}") from None

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.geneval_rules import score
+from benchmarks.plots import image_grid
 from benchmarks.worlds.base import World
 
 
@@ -50,27 +50,6 @@ def check_world(world: World, n: int, noise_levels: Sequence[float] = (0, 4, 8, 
 
 def show_grid(world: World, n: int, out: Path, seed: int = 0, columns: int = 8) -> Path:
     """Save a PNG of `n` training scenes titled with their captions; returns `out`."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     indices = np.random.default_rng(seed).integers(0, 2**31, size=n).tolist()
     batch = world.batch(indices, split="train")
-    columns = min(columns, n)
-    rows = -(-n // columns)
-    fig = Figure(figsize=(1.9 * columns, 2.3 * rows))
-    FigureCanvasAgg(fig)
-    for i, (image, caption) in enumerate(zip(batch.images, batch.captions)):
-        ax = fig.add_subplot(rows, columns, i + 1)
-        pixels = image.transpose(1, 2, 0)
-        if pixels.shape[2] == 1:
-            ax.imshow(pixels[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        else:
-            ax.imshow(pixels, interpolation="nearest")
-        ax.set_title("\n".join(textwrap.wrap(caption, 22)), fontsize=7)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    return out
+    return image_grid(batch.images, batch.captions, out, columns=columns, title=f"{world.name} @ {world.resolution}px")

@@ -1,0 +1,61 @@
+"""Shared fixtures: small worlds, a few-step preset file, a randomly initialised teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ntm.backbone import backbone_config
+from ntm.teacher import FlowMatchingTeacher
+
+TINY_PRESET = """
+description = "test preset: a few training steps, a handful of prompts"
+world = "shapes"
+resolution = 16
+device = "cpu"
+seeds = [0]
+models = ["ground-truth", "fm-teacher-4"]
+suites = ["geneval", "nll"]
+
+[backbone]
+size = "tiny"
+patch = 4
+
+[train.flow_matching]
+steps = 3
+batch_size = 8
+
+[model_options.fm-teacher-4]
+guidance = 2.0
+likelihood = { steps = 2, probes = 1 }
+
+[suite_options.geneval]
+prompts_per_category = 1
+images_per_prompt = 2
+
+[suite_options.nll]
+images = 4
+"""
+
+
+@pytest.fixture
+def preset_file(tmp_path: Path) -> Path:
+    path = tmp_path / "test.toml"
+    path.write_text(TINY_PRESET)
+    return path
+
+
+def random_teacher(seed: int = 0, resolution: int = 8) -> FlowMatchingTeacher:
+    """A teacher with every weight random (zero-initialised layers included), so outputs are non-trivial."""
+    torch.manual_seed(seed)
+    config = backbone_config(
+        "tiny", resolution=resolution, in_channels=3, out_channels=3, patch=4, width=32, depth=2, heads=2,
+        vocabulary=("a", "photo", "of", "red", "circle"),
+    )
+    model = FlowMatchingTeacher(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()

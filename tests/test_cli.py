@@ -1,0 +1,48 @@
+"""The command line: help, listings, clear errors for bad names, the world checks."""
+
+import json
+
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("reproduce", "eval", "table", "worlds", "models", "suites", "presets"):
+        assert command in result.output
+
+
+def test_listings():
+    assert "fm-teacher-4" in runner.invoke(app, ["models"]).output
+    assert "ground-truth" in runner.invoke(app, ["models"]).output
+    assert "geneval" in runner.invoke(app, ["suites"]).output
+    assert "tiny" in runner.invoke(app, ["presets"]).output
+
+
+def test_unknown_names_exit_2_with_the_valid_names(tmp_path):
+    cases = [
+        (["eval", "--models", "nope", "--out", str(tmp_path / "a")], "unknown model 'nope'; available:"),
+        (["eval", "--models", "fm-teacher-4", "--suites", "fid2", "--out", str(tmp_path / "b")], "unknown suite 'fid2'; available: geneval, nll"),
+        (["reproduce", "--preset", "huge", "--out", str(tmp_path / "c")], "unknown preset 'huge'; available:"),
+        (["worlds", "check", "planets"], "unknown world 'planets'; available: digits, shapes"),
+        (["table", str(tmp_path / "empty")], "no records under"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in " ".join(result.output.split()), (args, result.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_worlds_check_and_show(tmp_path):
+    result = runner.invoke(app, ["worlds", "check", "shapes", "--res", "16", "--n", "40", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert set(report["per_category"]) == {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
+    assert min(report["per_category"].values()) >= 0.995 and "noise" in report
+    result = runner.invoke(app, ["worlds", "show", "shapes", "--out", str(tmp_path / "g.png"), "--n", "8"])
+    assert result.exit_code == 0 and (tmp_path / "g.png").stat().st_size > 1000
