@@ -10,7 +10,6 @@ Examples:
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -130,7 +129,7 @@ def suites() -> None:
     """List the suites and their versions."""
     from benchmarks.suites import SUITES
 
-    _listing("suites", [(n, f"v{s.version}: {(s.__module__ and sys.modules[s.__module__].__doc__ or '').strip().splitlines()[0]}") for n, s in sorted(SUITES.items())])
+    _listing("suites", [(n, f"v{s.version}: {(s.__doc__ or '').strip().splitlines()[0]}") for n, s in sorted(SUITES.items())])
 
 
 @app.command()

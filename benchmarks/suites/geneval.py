@@ -26,6 +26,8 @@ class GenevalOptions:
 
 
 class GenevalSuite(Suite):
+    """GenEval-style compositional accuracy, six tasks, scored by the world's detector."""
+
     name = "geneval"
     version = "1"
     Options = GenevalOptions

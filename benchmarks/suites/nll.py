@@ -30,6 +30,8 @@ def bits_per_dim(nll_nats: np.ndarray, dim: int) -> np.ndarray:
 
 
 class NllSuite(Suite):
+    """Held-out negative log-likelihood in bits/dim; estimator and target in every row."""
+
     name = "nll"
     version = "1"
     Options = NllOptions

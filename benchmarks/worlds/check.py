@@ -20,7 +20,7 @@ def add_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.n
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
 
-def check_world(world: World, n: int, noise_levels: Sequence[float] = (0, 4, 8, 16, 32), seed: int = 0) -> dict:
+def check_world(world: World, n: int, noise_levels: Sequence[float] = (0, 8, 16, 32, 48, 64), seed: int = 0) -> dict:
     """GenEval accuracy of the world's detector on `n` ground-truth scenes per category, per noise level.
 
     Scenes are rendered from the world's own prompts, so each category's scenes are of that
