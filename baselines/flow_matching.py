@@ -37,6 +37,7 @@ def train_teacher(ctx: BuildContext) -> Path:
     recipe = {"backbone": backbone.to_dict(), "train": train.__dict__, "world": getattr(world, "name", "?")}
 
     def run(directory: Path) -> None:
+        torch.manual_seed(train.seed)  # the initial weights are part of the recipe
         model = FlowMatchingTeacher(backbone).to(ctx.device)
         gen = torch.Generator().manual_seed(train.seed)
 

@@ -56,8 +56,11 @@ def fit(
     description: str = "training",
     progress: bool = True,
 ) -> tuple[nn.Module, TrainStats]:
-    """Minimise `step_loss(step)` (a scalar for batch number `step`); returns the EMA model and stats."""
-    torch.manual_seed(config.seed)
+    """Minimise `step_loss(step)` (a scalar for batch number `step`); returns the EMA model and stats.
+
+    The loop itself draws no random numbers: the caller seeds the model's initialisation and
+    `step_loss` draws its batch from `step`, so a run is a function of its recipe.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup)))

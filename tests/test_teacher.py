@@ -70,3 +70,18 @@ def test_pixel_space_roundtrip():
     x = to_model_space(pixels, torch.rand(1, 1, 16, 16, dtype=torch.float64))
     assert x.min() >= -1 and x.max() <= 1
     assert torch.equal(to_pixels(x), pixels)  # any dequantised value rounds back to its pixel
+
+
+def test_training_is_a_function_of_its_recipe(tmp_path):
+    from pathlib import Path
+
+    from baselines.base import BuildContext
+    from baselines.flow_matching import train_teacher
+    from benchmarks.worlds import get_world
+
+    hashes = []
+    for run in ("a", "b"):
+        torch.manual_seed(len(run) * 1234 + ord(run))  # a different global RNG state each time
+        ctx = BuildContext(get_world("shapes", 16), torch.device("cpu"), Path(tmp_path / run), {"size": "tiny", "patch": 4}, {"flow_matching": {"steps": 2, "batch_size": 4}}, progress=False)
+        hashes.append(weights_hash(train_teacher(ctx)))
+    assert hashes[0] == hashes[1]
