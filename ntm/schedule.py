@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -37,3 +39,47 @@ def time_grid(
     # pin the endpoints so that rounding in the shift never moves them
     times[0], times[-1] = 1.0, t_min
     return times.to(dtype)
+
+
+def _sqrt(x: Tensor | float) -> Tensor | float:
+    """Square root clamped at 0, so rounding never turns a zero variance into NaN."""
+    if isinstance(x, Tensor):
+        return x.clamp_min(0).sqrt()
+    return math.sqrt(max(float(x), 0.0))
+
+
+def transition(s: Tensor | float, t: Tensor | float) -> tuple[Tensor | float, Tensor | float]:
+    """x_t = a x_s + sig eps (s < t), a = (1-t)/(1-s), sig^2 = t^2 - a^2 s^2 (DESIGN, NTM)."""
+    if not isinstance(s, Tensor) and not isinstance(t, Tensor):
+        s, t = float(s), float(t)
+    a = (1 - t) / (1 - s)
+    return a, _sqrt(t**2 - a**2 * s**2)
+
+
+def posterior(
+    s: Tensor | float, t: Tensor | float
+) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
+    """Forward posterior q(x_s | x_t, x0) = N(A x_t + B x0, C^2 I), s < t (issue 3, item 1).
+
+    A = s^2 (1-t) / (t^2 (1-s)), B = (t-s)(t+s-2ts) / (t^2 (1-s)),
+    C^2 = s^2 (t-s)(t+s-2ts) / (t^2 (1-s)^2); at t = 1 this is A = 0, B = 1 - s, C = s.
+    """
+    if not isinstance(s, Tensor) and not isinstance(t, Tensor):
+        s, t = float(s), float(t)
+    gap = (t - s) * (t + s - 2 * t * s)
+    A = s**2 * (1 - t) / (t**2 * (1 - s))
+    B = gap / (t**2 * (1 - s))
+    C = _sqrt(s**2 * gap) / (t * (1 - s))
+    return A, B, C
+
+
+def sample_t_min(
+    n: int,
+    generator: torch.Generator | None = None,
+    high: float = 0.05,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
+    """Training end times t_0 ~ U[0, high], one per sample (DESIGN, NTM: t_min ~ U[0, 0.05])."""
+    if not 0.0 <= high < 1.0:
+        raise ValueError(f"high must lie in [0, 1), got {high}")
+    return torch.rand(n, generator=generator, dtype=torch.float64).mul_(high).to(dtype)

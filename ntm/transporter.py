@@ -1,0 +1,219 @@
+"""The NTM transporter f_T(x, t, c): a time-aware, text-conditioned invertible map x -> u.
+
+Shallow TarFlow-style blocks (Zhai et al., 2024): each reads the image as a sequence of patches,
+and a causal transformer over patches < i gives the affine parameters of patch i, so
+z_i = (x_i - m_i) exp(-a_i) has a triangular Jacobian with log|det| = -sum_i a_i. Blocks
+alternate their scan direction, so the composition is not triangular in any fixed order.
+The affine parameters are gated by (1 - t): f_T is exactly the identity at t = 1 (pure noise),
+and a zero-initialised output layer makes it the identity everywhere before training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ntm.backbone import PAD, Mlp
+
+
+@dataclass(frozen=True)
+class TransporterConfig:
+    """Everything needed to rebuild a transporter; saved beside its weights."""
+
+    resolution: int
+    channels: int
+    patch: int
+    width: int = 64
+    blocks: int = 2
+    layers: int = 1
+    heads: int = 2
+    vocab_size: int = 0
+    max_log_scale: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.resolution % self.patch:
+            raise ValueError(f"resolution {self.resolution} is not divisible by patch {self.patch}")
+        if self.width % self.heads or self.width % 2:
+            raise ValueError(f"width {self.width} must be even and divisible by heads {self.heads}")
+        if min(self.channels, self.blocks, self.layers) < 1:
+            raise ValueError("channels, blocks and layers must all be >= 1")
+        if self.vocab_size < 0 or not self.max_log_scale > 0:
+            raise ValueError("vocab_size must be >= 0 and max_log_scale > 0")
+
+    @property
+    def grid(self) -> int:
+        return self.resolution // self.patch
+
+    @property
+    def patch_dim(self) -> int:
+        return self.channels * self.patch**2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TransporterConfig:
+        return cls(**d)
+
+
+def time_features(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """Sinusoidal features of t in [0, 1] (scaled by 1000, as in DDPM/DiT), in t's own dtype."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=t.device, dtype=t.dtype) / half
+    )
+    args = 1000.0 * t[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class _CausalLayer(nn.Module):
+    """Pre-norm transformer layer with causal self-attention and an optional KV cache."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = Mlp(width, 4.0)
+
+    def forward(
+        self, h: Tensor, cache: tuple[Tensor, Tensor] | None = None, pos: int = 0
+    ) -> Tensor:
+        """Causal pass over all of h, or (with `cache`) one step: h is position `pos` alone."""
+        b, n, w = h.shape
+        qkv = self.qkv(self.norm1(h)).view(b, n, 3, self.heads, w // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        if cache is None:
+            att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            keys, values = cache
+            keys[:, :, pos : pos + n] = k
+            values[:, :, pos : pos + n] = v
+            # one query at the newest position may see the whole cached prefix: no mask needed
+            att = F.scaled_dot_product_attention(q, keys[:, :, : pos + n], values[:, :, : pos + n])
+        h = h + self.proj(att.transpose(1, 2).reshape(b, n, w))
+        return h + self.mlp(self.norm2(h))
+
+
+class _FlowBlock(nn.Module):
+    """One autoregressive affine block: z_i = (x_i - m_i(x_<i)) exp(-a_i(x_<i)) over patches."""
+
+    def __init__(self, config: TransporterConfig, reverse: bool) -> None:
+        super().__init__()
+        w, d, n = config.width, config.patch_dim, config.grid**2
+        self.reverse = reverse
+        self.max_log_scale = config.max_log_scale
+        self.start = nn.Parameter(torch.randn(w) * 0.02)
+        self.pos = nn.Parameter(torch.randn(n, w) * 0.02)
+        self.embed = nn.Linear(d, w)
+        self.cond = nn.Linear(w, w)
+        self.layers = nn.ModuleList(_CausalLayer(w, config.heads) for _ in range(config.layers))
+        self.norm = nn.LayerNorm(w)
+        self.out = nn.Linear(w, 2 * d)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def _affine(self, h: Tensor, gate: Tensor) -> tuple[Tensor, Tensor]:
+        """Shift m and soft-clamped log-scale a = M tanh(a / M), both gated by (1 - t)."""
+        m, a = self.out(self.norm(h)).chunk(2, dim=-1)
+        a = self.max_log_scale * torch.tanh(a / self.max_log_scale)
+        return gate * m, gate * a
+
+    def forward(self, x: Tensor, cond: Tensor, gate: Tensor) -> tuple[Tensor, Tensor]:
+        """z and log|det dz/dx| = -sum_i a_i for patches x (B, N, D), in one parallel pass."""
+        if self.reverse:
+            x = x.flip(1)
+        b = x.shape[0]
+        h = torch.cat([self.start.expand(b, 1, -1), self.embed(x[:, :-1])], dim=1)
+        h = h + self.pos + self.cond(cond)[:, None]
+        for layer in self.layers:
+            h = layer(h)
+        m, a = self._affine(h, gate)
+        z = (x - m) * torch.exp(-a)
+        logdet = -a.sum(dim=(1, 2))
+        return (z.flip(1) if self.reverse else z), logdet
+
+    def inverse(self, z: Tensor, cond: Tensor, gate: Tensor) -> Tensor:
+        """x_i = z_i exp(a_i) + m_i, patch by patch, reusing the prefix's cached keys and values."""
+        if self.reverse:
+            z = z.flip(1)
+        b, n, _ = z.shape
+        c = self.cond(cond)[:, None]
+        w = self.start.shape[0]
+        heads = self.layers[0].heads
+        caches = [
+            (z.new_empty(b, heads, n, w // heads), z.new_empty(b, heads, n, w // heads))
+            for _ in self.layers
+        ]
+        patches: list[Tensor] = []
+        for i in range(n):
+            token = self.start.expand(b, 1, -1) if i == 0 else self.embed(patches[-1])
+            h = token + self.pos[i] + c
+            for layer, cache in zip(self.layers, caches):
+                h = layer(h, cache, i)
+            m, a = self._affine(h, gate)
+            patches.append(z[:, i : i + 1] * torch.exp(a) + m)
+        x = torch.cat(patches, dim=1)
+        return x.flip(1) if self.reverse else x
+
+
+class Transporter(nn.Module):
+    """f_T(x, t, c) -> (u, log|det du/dx|): causal affine blocks of alternating direction."""
+
+    def __init__(self, config: TransporterConfig) -> None:
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
+        self.text = nn.Embedding(config.vocab_size, w) if config.vocab_size else None
+        self.blocks = nn.ModuleList(
+            _FlowBlock(config, reverse=k % 2 == 1) for k in range(config.blocks)
+        )
+
+    def _condition(self, x: Tensor, t: Tensor, tokens: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Per-sample conditioning vector (time MLP + mean-pooled text) and the gate (1 - t)."""
+        b = x.shape[0]
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1).expand(b)
+        cond = self.time(time_features(t, self.config.width))
+        if self.text is not None:
+            if tokens is None:
+                raise ValueError("this transporter is text-conditioned: pass tokens (B, L)")
+            keep = (tokens != PAD).to(x.dtype)[..., None]
+            cond = cond + (self.text(tokens) * keep).sum(1) / keep.sum(1).clamp_min(1)
+        elif tokens is not None:
+            raise ValueError("this transporter has vocab_size 0 and takes no tokens")
+        return F.silu(cond), (1 - t)[:, None, None]
+
+    def patchify(self, x: Tensor) -> Tensor:
+        b, ch, _, _ = x.shape
+        p, g = self.config.patch, self.config.grid
+        return x.reshape(b, ch, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, ch * p * p)
+
+    def unpatchify(self, h: Tensor) -> Tensor:
+        b = h.shape[0]
+        p, g, ch = self.config.patch, self.config.grid, self.config.channels
+        return h.reshape(b, g, g, ch, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, ch, g * p, g * p)
+
+    def forward(self, x: Tensor, t: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """u = f_T(x, t, c) and log|det du/dx| (B,), the |det J| of p(x_s | x_t, c) (DESIGN)."""
+        cond, gate = self._condition(x, t, tokens)
+        h = self.patchify(x)
+        logdet = x.new_zeros(x.shape[0])
+        for block in self.blocks:
+            h, block_logdet = block(h, cond, gate)
+            logdet = logdet + block_logdet
+        return self.unpatchify(h), logdet
+
+    def inverse(self, u: Tensor, t: Tensor, tokens: Tensor | None = None) -> Tensor:
+        """x = f_T^{-1}(u, t, c): blocks in reverse order, each autoregressive over patches."""
+        cond, gate = self._condition(u, t, tokens)
+        h = self.patchify(u)
+        for block in reversed(self.blocks):
+            h = block.inverse(h, cond, gate)
+        return self.unpatchify(h)

@@ -1,0 +1,162 @@
+import pytest
+import torch
+from torch.autograd.functional import jacobian
+
+from ntm.transporter import Transporter, TransporterConfig
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tensors here are tiny: extra intra-op threads only spin against other jobs on a shared CPU
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+CONFIG = TransporterConfig(
+    resolution=4, channels=3, patch=2, width=16, blocks=2, layers=2, heads=2, vocab_size=7
+)
+
+
+def _model(
+    config: TransporterConfig = CONFIG, perturb: float | None = 0.3, seed: int = 0
+) -> Transporter:
+    torch.manual_seed(seed)
+    model = Transporter(config).double()
+    if perturb is not None:
+        # every parameter, the zero-initialised output layers included, so no block is the identity
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(perturb * torch.randn_like(p))
+    return model
+
+
+def _inputs(b: int, config: TransporterConfig = CONFIG, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    r = config.resolution
+    x = torch.randn(b, config.channels, r, r, generator=g, dtype=torch.float64)
+    t = torch.rand(b, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    tokens = torch.randint(1, max(config.vocab_size, 2), (b, 5), generator=g)
+    tokens[:, 3:] = 0
+    return x, t, (tokens if config.vocab_size else None)
+
+
+def test_inverse_round_trips_in_both_directions():
+    model = _model()
+    x, t, tokens = _inputs(4)
+    with torch.no_grad():
+        u, _ = model(x, t, tokens)
+        assert (u - x).abs().max() > 0.1
+        assert (model.inverse(u, t, tokens) - x).abs().max() < 1e-10
+        # inverse is the KV-cached autoregressive pass: re-encoding it must give u back
+        x_from_noise = model.inverse(x, t, tokens)
+        assert (model(x_from_noise, t, tokens)[0] - x).abs().max() < 1e-10
+
+
+def test_logdet_equals_brute_force_jacobian_and_jacobian_is_not_triangular():
+    model = _model()
+    x, t, tokens = _inputs(2)
+    _, logdet = model(x, t, tokens)
+    for i in range(2):
+        def f(xi: torch.Tensor, i: int = i) -> torch.Tensor:
+            return model(xi[None], t[i : i + 1], tokens[i : i + 1])[0].reshape(-1)
+
+        jac = jacobian(f, x[i], vectorize=True).reshape(48, 48)
+        sign, logabs = torch.linalg.slogdet(jac)
+        assert sign != 0
+        assert abs(logabs - logdet[i]).item() < 1e-8
+        assert abs(logdet[i]).item() > 0.5
+        # in patch order, one block is block-triangular; alternating directions must fill both sides
+        def g(p: torch.Tensor, i: int = i) -> torch.Tensor:
+            u = model(model.unpatchify(p), t[i : i + 1], tokens[i : i + 1])[0]
+            return model.patchify(u).reshape(-1)
+
+        patch_jac = jacobian(g, model.patchify(x[i : i + 1]), vectorize=True).reshape(48, 48)
+        assert patch_jac.triu(12).abs().max() > 1e-3 and patch_jac.tril(-12).abs().max() > 1e-3
+
+
+def test_single_block_is_triangular_in_its_own_scan_order():
+    for blocks in (1, 2):
+        model = _model(TransporterConfig(**(CONFIG.to_dict() | {"blocks": blocks})))
+        x, t, tokens = _inputs(1)
+        block = model.blocks[-1]
+        cond, gate = model._condition(x, t, tokens)
+        p0 = model.patchify(x)
+        jac = jacobian(lambda p: block(p, cond, gate)[0].reshape(-1), p0, vectorize=True)
+        jac = jac.reshape(48, 48)
+        # patch i sees only patches before it in the block's scan order (reversed for odd blocks)
+        off = jac.triu(12) if blocks == 1 else jac.tril(-12)
+        assert off.abs().max() == 0
+        # within a patch the Jacobian is diagonal, exp(-a_i): its log-product is the block's logdet
+        diag = torch.cat([jac[12 * k : 12 * k + 12, 12 * k : 12 * k + 12].diag() for k in range(4)])
+        assert abs(diag.log().sum() - block(p0, cond, gate)[1][0]).item() < 1e-12
+
+
+def test_zero_initialised_transporter_is_exactly_identity():
+    model = _model(perturb=None)
+    x, t, tokens = _inputs(3)
+    u, logdet = model(x, t, tokens)
+    assert torch.equal(u, x) and torch.equal(logdet, torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(model.inverse(x, t, tokens), x)
+
+
+def test_identity_at_t_one_for_any_weights():
+    model = _model()
+    x, t, tokens = _inputs(3)
+    ones = torch.ones_like(t)
+    u, logdet = model(x, ones, tokens)
+    assert torch.equal(u, x) and (logdet == 0).all()
+    assert torch.equal(model.inverse(x, ones, tokens), x)
+    # and not at t < 1: the gate, not the weights, is what makes it the identity
+    assert not torch.equal(model(x, t, tokens)[0], x)
+
+
+def test_conditioning_on_text_and_time_changes_u():
+    model = _model()
+    x, t, tokens = _inputs(3)
+    with torch.no_grad():
+        u = model(x, t, tokens)[0]
+        other = tokens.clone()
+        other[:, 0] = (other[:, 0] % 6) + 1
+        assert (model(x, t, other)[0] - u).abs().amax(dim=(1, 2, 3)).min() > 1e-4
+        assert (model(x, t * 0.5, tokens)[0] - u).abs().amax(dim=(1, 2, 3)).min() > 1e-4
+        # padding is ignored: more pad tokens at the end change nothing
+        padded = torch.cat([tokens, torch.zeros_like(tokens)], dim=1)
+        torch.testing.assert_close(model(x, t, padded)[0], u, rtol=0, atol=1e-14)
+    with pytest.raises(ValueError):
+        model(x, t)
+
+
+def test_forward_and_inverse_do_not_depend_on_batch_size():
+    model = _model()
+    x, t, tokens = _inputs(5)
+    with torch.no_grad():
+        u, logdet = model(x, t, tokens)
+        back = model.inverse(u, t, tokens)
+        for i in range(5):
+            s = slice(i, i + 1)
+            u_i, logdet_i = model(x[s], t[s], tokens[s])
+            torch.testing.assert_close(u_i, u[s], rtol=0, atol=1e-12)
+            torch.testing.assert_close(logdet_i, logdet[s], rtol=0, atol=1e-12)
+            back_i = model.inverse(u[s], t[s], tokens[s])
+            torch.testing.assert_close(back_i, back[s], rtol=0, atol=1e-12)
+
+
+def test_unconditional_float32_and_config_round_trip():
+    config = TransporterConfig(resolution=8, channels=1, patch=4, width=8, heads=2)
+    assert TransporterConfig.from_dict(config.to_dict()) == config
+    torch.manual_seed(0)
+    model = Transporter(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        x = torch.randn(2, 1, 8, 8)
+        u, logdet = model(x, torch.tensor(0.3))
+        assert u.dtype == logdet.dtype == torch.float32 and logdet.shape == (2,)
+        assert (model.inverse(u, torch.tensor(0.3)) - x).abs().max() < 1e-4
+    with pytest.raises(ValueError):
+        model(x, torch.tensor(0.3), torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError):
+        TransporterConfig(resolution=8, channels=1, patch=3)
