@@ -92,6 +92,10 @@ class Generator(ABC):
         """-log p(x | prompt) for x in [-1, 1]^D; `seeds` drive any Monte-Carlo estimator per sample."""
         raise NotImplementedError(f"{self.spec.name} reports no likelihood")
 
+    def trajectory_log_likelihood(self, x: Tensor, prompts: Sequence[str], seeds: Sequence[int]) -> LikelihoodResult:
+        """-log p of a generative trajectory ending at x (models with `capabilities.trajectory`)."""
+        raise NotImplementedError(f"{self.spec.name} has no trajectory likelihood")
+
 
 class DataSource(Protocol):
     """The part of a world a model needs to train: shapes, vocabulary and seeded batches."""

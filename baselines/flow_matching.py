@@ -11,7 +11,7 @@ from torch import Tensor
 
 from baselines.base import BuildContext, Capabilities, Generator, GeneratorSpec, LikelihoodResult, to_pixels
 from baselines.training import per_sample_noise, training_batch
-from ntm.backbone import backbone_config, count_parameters
+from ntm.backbone import BackboneConfig, backbone_config, count_parameters
 from ntm.checkpoint import weights_hash
 from ntm.flow_matching import nfe, ode_log_likelihood, sample_euler, sample_heun
 from ntm.schedule import time_grid
@@ -22,11 +22,10 @@ RECIPE = "flow_matching"
 SAMPLERS = {"euler": sample_euler, "heun": sample_heun}
 
 
-def train_teacher(ctx: BuildContext) -> Path:
-    """The teacher's checkpoint folder for this context, trained on first use and cached after."""
+def teacher_backbone(ctx: BuildContext) -> BackboneConfig:
+    """The shared backbone as a velocity network for this context's world and preset size."""
     world = ctx.world
-    train = TrainConfig.from_dict(ctx.train_config(RECIPE))
-    backbone = backbone_config(
+    return backbone_config(
         ctx.backbone["size"],
         patch=ctx.backbone["patch"],
         resolution=world.resolution,
@@ -34,6 +33,13 @@ def train_teacher(ctx: BuildContext) -> Path:
         out_channels=world.channels,
         vocabulary=tuple(world.vocabulary()),
     )
+
+
+def train_teacher(ctx: BuildContext) -> Path:
+    """The teacher's checkpoint folder for this context, trained on first use and cached after."""
+    world = ctx.world
+    train = TrainConfig.from_dict(ctx.train_config(RECIPE))
+    backbone = teacher_backbone(ctx)
     recipe = {"backbone": backbone.to_dict(), "train": train.__dict__, "world": getattr(world, "name", "?")}
 
     def run(directory: Path) -> None:

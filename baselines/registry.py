@@ -108,3 +108,15 @@ register(
     solver="euler",
     steps=4,
 )
+register(
+    "ntm",
+    "baselines.ntm:NTMGenerator",
+    "Normalizing Trajectory Model: 4 exact conditional-flow steps, one transporter inverse",
+    transporter=True,
+)
+register(
+    "ntm-no-transporter",
+    "baselines.ntm:NTMGenerator",
+    "NTM with f_T = id: 4-step Gaussian diffusion with learned variance (the Gaussian bottleneck)",
+    transporter=False,
+)

@@ -13,7 +13,7 @@ from benchmarks.records import RecordStore, atomic_write_text
 
 IDENTITY = ["model", "family", "steps", "nfe", "params"]
 GENEVAL_TASKS = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
-METRICS = ["geneval_overall", *[f"geneval_{t}" for t in GENEVAL_TASKS], "nll_bpd"]
+METRICS = ["geneval_overall", *[f"geneval_{t}" for t in GENEVAL_TASKS], "nll_bpd", "nll_traj_bpd"]
 LABELS = ["nll_estimator"]
 
 

@@ -70,6 +70,11 @@ class BackboneConfig:
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids in use: the vocabulary plus <pad>, <bos>, <unk>."""
+        return len(self.vocabulary) + len(_SPECIAL)
+
     def to_dict(self) -> dict:
         return asdict(self) | {"vocabulary": list(self.vocabulary)}
 
@@ -189,7 +194,7 @@ class DiT(nn.Module):
             nn.Sequential(nn.Linear(256, c.width), nn.SiLU(), nn.Linear(c.width, c.width))
             for _ in range(c.n_times)
         )
-        self.text = TextEncoder(len(self.tokenizer), c.max_text_len, c.width, c.text_depth, c.heads)
+        self.text = TextEncoder(c.vocab_size, c.max_text_len, c.width, c.text_depth, c.heads)
         self.text_proj = nn.Linear(c.width, c.width)
         self.blocks = nn.ModuleList(DiTBlock(c.width, c.heads, c.mlp_ratio) for _ in range(c.depth))
         self.final_norm = nn.LayerNorm(c.width, elementwise_affine=False, eps=1e-6)

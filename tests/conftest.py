@@ -16,16 +16,28 @@ world = "shapes"
 resolution = 16
 device = "cpu"
 seeds = [0]
-models = ["ground-truth", "fm-teacher-4"]
+models = ["ground-truth", "fm-teacher-4", "ntm", "ntm-no-transporter"]
 suites = ["geneval", "nll"]
 
 [backbone]
 size = "tiny"
 patch = 4
+transporter = { width = 32, blocks = 2 }
 
 [train.flow_matching]
 steps = 3
 batch_size = 8
+
+[train.ntm]
+steps = 3
+batch_size = 4
+
+[model_options.ntm]
+guidance = 2.0
+bound_samples = 2
+
+[model_options.ntm-no-transporter]
+bound_samples = 2
 
 [model_options.fm-teacher-4]
 guidance = 2.0

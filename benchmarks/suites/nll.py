@@ -3,7 +3,10 @@
 For pixels x in {0..255}^D, u ~ U[0,1)^D and z = (x + u) / 128 - 1 in [-1, 1]^D,
 -log P(x) <= E_u[-log p(z)] - D ln 2 + D ln 256 (the D ln 2 is log|dz/dy| for y = (x + u)/256),
 so bits/dim = (nll_nats - D ln 2 + D ln 256) / (D ln 2). Every row names its estimator and target;
-a model without a likelihood gets "n/a", never a number.
+a model without a likelihood gets "n/a", never a number. Models with a generative trajectory
+(NTM) also report the exact trajectory NLL, -log p(x_{t_0..K} | c) for one forward trajectory from
+each held-out image, in bits per data dimension (`nll_traj_bpd`: a continuous density over
+(K+1) D numbers, so it is not comparable with `nll_bpd` and may be negative).
 """
 
 from __future__ import annotations
@@ -51,6 +54,13 @@ class NllSuite(Suite):
             return generator.log_likelihood(x[part], batch.captions[part], seeds[part])
 
         results = in_batches(evaluate, o.images, o.batch_size, f"{generator.spec.name} nll", progress)
+        trajectory = None
+        if generator.capabilities.trajectory:
+            parts = in_batches(
+                lambda part: generator.trajectory_log_likelihood(x[part], batch.captions[part], seeds[part]),
+                o.images, o.batch_size, f"{generator.spec.name} trajectory nll", progress,
+            )
+            trajectory = torch.cat([r.nll_nats for r in parts]).double().cpu().numpy()
         nll = torch.cat([r.nll_nats for r in results]).double().cpu().numpy()
         stderr = [r.stderr for r in results]
         stderr = torch.cat(stderr).double().cpu().numpy() if all(s is not None for s in stderr) else None
@@ -60,6 +70,7 @@ class NllSuite(Suite):
             {
                 "item": i, "caption": batch.captions[i], "seed": seeds[i], "nll_nats": float(nll[i]), "bpd": float(bpd[i]),
                 "nll_stderr_nats": None if stderr is None else float(stderr[i]),
+                "trajectory_nll_nats": None if trajectory is None else float(trajectory[i]),
             }
             for i in range(o.images)
         ]
@@ -73,4 +84,8 @@ class NllSuite(Suite):
             "nll_images": o.images,
             "nll_units": "bits/dim (discrete data, uniform dequantisation)",
         }
+        if trajectory is not None:
+            # exact continuous density of a whole trajectory, per data dimension: no dequantisation terms
+            metrics["nll_traj_bpd"] = float(trajectory.mean() / (dim * math.log(2)))
+            metrics["nll_traj_estimator"] = parts[0].estimator
         return SuiteResult(rows, metrics)

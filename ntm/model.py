@@ -1,0 +1,350 @@
+"""Normalizing Trajectory Models (arXiv 2605.08078): K exact conditional-flow reverse steps.
+
+Times 1 = times[0] > times[1] > ... > times[K] = t_min run from noise to data; a trajectory
+`traj` (K+1, B, C, H, W) holds x at those times in the same order. One reverse step t -> s < t is
+    p(x_s | x_t, c) = N(f_T(x_s, s); mu_P, sigma_P^2 I) |det df_T/dx (x_s)|,
+with (mu_P, sigma_P) from the predictor at u_t = f_T(x_t, t), and f_T = id at t = 1 (x_1 = u_1).
+With no transporter (f_T = id) this is Gaussian few-step diffusion with a learned variance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor, nn
+
+from ntm.backbone import BackboneConfig
+from ntm.checkpoint import load_pretrained, save_pretrained
+from ntm.guidance import guide_gaussian
+from ntm.predictor import Predictor, per_sample, predictor_config
+from ntm.schedule import posterior, sample_t_min, time_grid, transition
+from ntm.teacher import FlowMatchingTeacher
+from ntm.transporter import Transporter, TransporterConfig
+
+KIND = "ntm"
+TrainingMode = Literal["end_to_end", "pairwise"]
+_LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class NTMConfig:
+    """Everything needed to rebuild an NTM; `transporter=None` means f_T = id (the Gaussian baseline)."""
+
+    predictor: BackboneConfig
+    transporter: TransporterConfig | None = None
+    steps: int = 4
+    shift: float = 1.0
+    t_min_high: float = 0.05
+    t_min_eval: float = 0.02
+    mode: TrainingMode = "end_to_end"
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.mode not in get_args(TrainingMode):
+            raise ValueError(f"mode must be one of {get_args(TrainingMode)}, got {self.mode!r}")
+        if not (0 <= self.t_min_high < 1 and 0 < self.t_min_eval < 1):
+            raise ValueError(f"need 0 <= t_min_high < 1 and 0 < t_min_eval < 1, got {self.t_min_high}, {self.t_min_eval}")
+        p, f = self.predictor, self.transporter
+        if f is not None and (f.resolution, f.channels) != (p.resolution, p.in_channels):
+            raise ValueError(
+                f"transporter ({f.resolution} px, {f.channels} channels) does not match the predictor "
+                f"({p.resolution} px, {p.in_channels} channels)"
+            )
+
+    def to_dict(self) -> dict:
+        return {
+            "predictor": self.predictor.to_dict(),
+            "transporter": None if self.transporter is None else self.transporter.to_dict(),
+            "steps": self.steps,
+            "shift": self.shift,
+            "t_min_high": self.t_min_high,
+            "t_min_eval": self.t_min_eval,
+            "mode": self.mode,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NTMConfig:
+        transporter = d["transporter"]
+        return cls(
+            **(
+                d
+                | {
+                    "predictor": BackboneConfig.from_dict(d["predictor"]),
+                    "transporter": None if transporter is None else TransporterConfig.from_dict(transporter),
+                }
+            )
+        )
+
+
+@dataclass(frozen=True)
+class DataBound:
+    """Lower bounds on log p(x_{t_0} = x) in nats per sample (float64), by estimator name."""
+
+    elbo_nats: Tensor
+    iwae_nats: Tensor
+    samples: int
+    t_min: float
+
+    def by_estimator(self) -> dict[str, Tensor]:
+        return {"elbo": self.elbo_nats, "iwae": self.iwae_nats}
+
+
+def gaussian_log_prob(x: Tensor, mu: Tensor | float, log_sigma: Tensor | float) -> Tensor:
+    """sum_d log N(x_d; mu_d, sigma_d^2) per sample (B,), in float64."""
+    x = x.double()
+    mu = torch.as_tensor(mu, dtype=torch.float64, device=x.device)
+    log_sigma = torch.as_tensor(log_sigma, dtype=torch.float64, device=x.device)
+    z = (x - mu) * torch.exp(-log_sigma)
+    return (-0.5 * z.square() - log_sigma - 0.5 * _LOG_2PI).expand_as(x).flatten(1).sum(1)
+
+
+def alignment_weight(step: int, anneal_steps: int, initial: float = 1.0) -> float:
+    """Weight of the teacher-alignment loss: cosine from `initial` at step 0 to 0 at `anneal_steps`, then 0."""
+    if anneal_steps <= 0 or step >= anneal_steps:
+        return 0.0
+    return initial * 0.5 * (1 + math.cos(math.pi * step / anneal_steps))
+
+
+class NTM(nn.Module):
+    """Predictor (deep, non-causal, shared over steps) + transporter f_T (shallow, invertible), DESIGN NTM."""
+
+    def __init__(self, config: NTMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.predictor = Predictor(config.predictor)
+        self.transporter = None if config.transporter is None else Transporter(config.transporter)
+
+    def encode_text(self, prompts: list[str]) -> Tensor:
+        return self.predictor.encode_text(prompts)
+
+    # --- times and the forward process -------------------------------------------------------
+
+    def times(self, t_min: float | Tensor) -> Tensor:
+        """The K+1 times 1 -> t_min (float64): (K+1,) for a float t_min, (B, K+1) for per-sample t_min (B,)."""
+        if isinstance(t_min, Tensor):
+            return torch.stack([time_grid(self.config.steps, self.config.shift, float(t)) for t in t_min])
+        return time_grid(self.config.steps, self.config.shift, t_min)
+
+    def _grid(self, times: Tensor, batch: int, device: torch.device) -> Tensor:
+        """Times as (B, K+1) float64 on `device`, checked against K."""
+        grid = times.to(torch.float64).reshape(-1, times.shape[-1]).expand(batch, -1)
+        if grid.shape[1] != self.config.steps + 1:
+            raise ValueError(f"expected {self.config.steps + 1} times per trajectory, got {grid.shape[1]}")
+        return grid.to(device)
+
+    def forward_trajectory(self, x0: Tensor, times: Tensor, noises: Tensor) -> Tensor:
+        """The forward Markov chain (K+1, B, ...): x_{t_0} = (1-t_0) x0 + t_0 noises[K], then x_t = a x_s + sig noises[i]."""
+        grid = self._grid(times, x0.shape[0], x0.device)
+        k = self.config.steps
+        t0 = per_sample(grid[:, k], x0)
+        states = [(1 - t0) * x0 + t0 * noises[k]]
+        for i in range(k - 1, -1, -1):
+            a, sig = transition(grid[:, i + 1], grid[:, i])
+            states.append(per_sample(a, x0) * states[-1] + per_sample(sig, x0) * noises[i])
+        return torch.stack(states[::-1])
+
+    # --- the transporter f_T ----------------------------------------------------------------
+
+    def _transporter_tokens(self, tokens: Tensor) -> Tensor | None:
+        return tokens if self.transporter is not None and self.transporter.config.vocab_size else None
+
+    def transport(self, x: Tensor, t: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """u = f_T(x, t, c) and log|det df_T/dx| (B,); identity with log-det 0 without a transporter."""
+        if self.transporter is None:
+            return x, x.new_zeros(x.shape[0])
+        return self.transporter(x, t, self._transporter_tokens(tokens))
+
+    def untransport(self, u: Tensor, t: Tensor, tokens: Tensor) -> Tensor:
+        """x = f_T^{-1}(u, t, c)."""
+        if self.transporter is None:
+            return u
+        return self.transporter.inverse(u, t, self._transporter_tokens(tokens))
+
+    # --- the exact trajectory likelihood ----------------------------------------------------
+
+    def trajectory_log_prob(self, traj: Tensor, times: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """log p(traj | c) = log N(x_1; 0, I) + sum_k log p(x_{t_{k-1}} | x_{t_k}, c), exact (nats, float64).
+
+        Returns the total (B,) and the K step terms (B, K), step i going from times[i] to times[i+1].
+        Every f_T and every predictor call of the K steps runs as one batch of K*B.
+        """
+        k, b = self.config.steps, traj.shape[1]
+        grid = self._grid(times, b, traj.device)
+        if not bool((grid[:, -1] > 0).all()):
+            raise ValueError("the trajectory likelihood needs t_min > 0 (at t_min = 0 the last step is a point mass)")
+        t_upper, t_lower = grid[:, :-1].T.reshape(-1), grid[:, 1:].T.reshape(-1)
+        tokens_k = tokens.repeat(k, 1)
+        u_lower, logdet = self.transport(traj[1:].flatten(0, 1), t_lower, tokens_k)
+        # each state below t = 1 is the target of one step and the condition of the next: encode it once
+        u_upper = torch.cat([traj[:1], u_lower.unflatten(0, (k, b))[:-1]]).flatten(0, 1)
+        mu, log_sigma = self.predictor(u_upper, t_upper, t_lower, tokens_k)
+        per_step = (gaussian_log_prob(u_lower, mu, log_sigma) + logdet.double()).view(k, b).T
+        return gaussian_log_prob(traj[0], 0.0, 0.0) + per_step.sum(1), per_step
+
+    def _draw(self, x0: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Per-sample times (B, K+1) with t_min ~ U[0, t_min_high], and the forward chain from x0."""
+        t_min = sample_t_min(x0.shape[0], generator, high=self.config.t_min_high)
+        times = self.times(t_min)
+        noises = torch.randn((self.config.steps + 1, *x0.shape), generator=generator).to(x0)
+        return times, self.forward_trajectory(x0, times, noises)
+
+    def loss(self, x0: Tensor, tokens: Tensor, generator: torch.Generator) -> Tensor:
+        """Per-sample trajectory NLL / D in nats per dimension (B,), float64, in the configured mode.
+
+        end_to_end: -log p(traj | c) / D, every step, gradients through every u = f_T(x).
+        pairwise: an unbiased one-step estimate of the same value, -(log N(x_1; 0, I) + K log p(x_s | x_t, c)) / D
+        for one step drawn uniformly per sample, with u_t = f_T(x_t) held constant (no gradient), so
+        f_T learns only from its targets u_s and their log-dets; one predictor pass per sample instead of K.
+        """
+        times, traj = self._draw(x0, generator)
+        dim = x0[0].numel()
+        if self.config.mode == "end_to_end":
+            return -self.trajectory_log_prob(traj, times, tokens)[0] / dim
+        b, rows = x0.shape[0], torch.arange(x0.shape[0])
+        step = torch.randint(self.config.steps, (b,), generator=generator)
+        grid = self._grid(times, b, x0.device)
+        t, s = grid[rows, step], grid[rows, step + 1]
+        with torch.no_grad():
+            u_t, _ = self.transport(traj[step, rows], t, tokens)
+        u_s, logdet = self.transport(traj[step + 1, rows], s, tokens)
+        mu, log_sigma = self.predictor(u_t, t, s, tokens)
+        log_step = gaussian_log_prob(u_s, mu, log_sigma) + logdet.double()
+        return -(gaussian_log_prob(traj[0], 0.0, 0.0) + self.config.steps * log_step) / dim
+
+    # --- likelihood of data -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def data_bound(
+        self, x: Tensor, tokens: Tensor, samples: int = 16, seeds: list[int] | None = None, t_min: float | None = None
+    ) -> DataBound:
+        """Bounds on log p(x_{t_0} = x) through the forward chain q(x_{t_1..K} | x_{t_0}) (NTM; Burda et al., 2016).
+
+        log w_j = log p(x_{t_0..K} | c) - log q(x_{t_1..K} | x_{t_0}) for `samples` chains drawn from q;
+        ELBO = mean_j log w_j <= IWAE = logsumexp_j log w_j - log samples <= log p(x_{t_0}).
+        Sample b's chains come from a generator seeded with seeds[b] (default b): batch-size independent.
+        """
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        b, k = x.shape[0], self.config.steps
+        seeds = list(range(b)) if seeds is None else list(seeds)
+        if len(seeds) != b:
+            raise ValueError(f"need one seed per sample: {len(seeds)} seeds for {b} samples")
+        t_min = self.config.t_min_eval if t_min is None else t_min
+        grid = self.times(t_min)
+        shape = (samples, k, *x.shape[1:])
+        per_sample = [torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) for seed in seeds]
+        noise = torch.stack(per_sample, dim=2).to(x.device)
+        log_w = []
+        for j in range(samples):
+            states, log_q = [x], x.new_zeros(b, dtype=torch.float64)
+            for i in range(k - 1, -1, -1):
+                a, sig = transition(float(grid[i + 1]), float(grid[i]))
+                mean = a * states[-1].double()
+                # the model sees the state in its own dtype; score q on exactly that state
+                nxt = (mean + sig * noise[j, i]).to(x.dtype)
+                log_q = log_q + gaussian_log_prob(nxt, mean, math.log(sig))
+                states.append(nxt)
+            log_p, _ = self.trajectory_log_prob(torch.stack(states[::-1]), grid, tokens)
+            log_w.append(log_p - log_q)
+        log_w = torch.stack(log_w)
+        return DataBound(log_w.mean(0), log_w.logsumexp(0) - math.log(samples), samples, t_min)
+
+    # --- sampling -----------------------------------------------------------------------------
+
+    def step(
+        self, u_t: Tensor, t: Tensor, s: Tensor, tokens: Tensor, null_tokens: Tensor | None = None, guidance: float = 1.0
+    ) -> tuple[Tensor, Tensor]:
+        """(mu_P, log sigma_P) of one reverse step, classifier-free guided on the Gaussian (ntm.guidance)."""
+        if guidance == 1:
+            return self.predictor(u_t, t, s, tokens)
+        if null_tokens is None:
+            raise ValueError(f"guidance {guidance} != 1 needs null tokens")
+        if guidance == 0:
+            return self.predictor(u_t, t, s, null_tokens)
+        mu, log_sigma = self.predictor(
+            torch.cat([u_t, u_t]), torch.cat([t, t]), torch.cat([s, s]), torch.cat([tokens, null_tokens])
+        )
+        (mu_c, mu_u), (ls_c, ls_u) = mu.chunk(2), log_sigma.chunk(2)
+        return guide_gaussian(mu_c, ls_c, mu_u, ls_u, guidance)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        noises: Tensor,
+        tokens: Tensor,
+        null_tokens: Tensor | None = None,
+        guidance: float = 1.0,
+        t_min: float | None = None,
+    ) -> Tensor:
+        """x_{t_0} from noises (K+1, B, C, H, W): u_1 = noises[0], u_s = mu_P + sigma_P noises[i], then one f_T^{-1} at t_0.
+
+        The K steps stay in u-space (each step's target u_s is the next step's condition), so the
+        autoregressive inverse of f_T runs once. A text-conditioned f_T is inverted with `tokens`.
+        """
+        k, b = self.config.steps, noises.shape[1]
+        if noises.shape[0] != k + 1:
+            raise ValueError(f"need K + 1 = {k + 1} noise tensors (x_1 and one per step), got {noises.shape[0]}")
+        grid = self._grid(self.times(self.config.t_min_eval if t_min is None else t_min), b, noises.device)
+        u = noises[0]
+        for i in range(k):
+            mu, log_sigma = self.step(u, grid[:, i], grid[:, i + 1], tokens, null_tokens, guidance)
+            u = mu + log_sigma.exp() * noises[i + 1]
+        return self.untransport(u, grid[:, k], tokens)
+
+    # --- initialisation from a flow-matching teacher -------------------------------------------
+
+    @classmethod
+    def from_teacher(cls, teacher: FlowMatchingTeacher, config: NTMConfig | None = None) -> NTM:
+        """NTM whose every step is the teacher's posterior step (mu = A u + B (u - t v), sigma = C), f_T = id."""
+        expected = predictor_config(teacher.net.config)
+        config = NTMConfig(predictor=expected) if config is None else config
+        if config.predictor != expected:
+            raise ValueError(
+                "config.predictor must be the teacher's backbone read as a predictor "
+                "(ntm.predictor.predictor_config(teacher.net.config))"
+            )
+        model = cls(config).to(teacher.net.out.weight.device)
+        model.predictor.load_state_dict(Predictor.from_teacher(teacher).state_dict())
+        return model
+
+    def alignment_loss(
+        self, teacher: FlowMatchingTeacher, x0: Tensor, tokens: Tensor, generator: torch.Generator
+    ) -> Tensor:
+        """Per-sample mean over steps and dimensions of (mu_P - mu_teacher)^2 (DESIGN, NTM: init from flow matching).
+
+        mu_teacher = A u_t + B (u_t - t v_teacher(u_t)) is the teacher's posterior step. The frozen teacher reads the same u_t as the predictor; u_t is held constant, so only the
+        predictor's mean is pulled to the teacher. Weight it with `alignment_weight`.
+        """
+        times, traj = self._draw(x0, generator)
+        k, b = self.config.steps, x0.shape[0]
+        grid = self._grid(times, b, x0.device)
+        t, s = grid[:, :-1].T.reshape(-1), grid[:, 1:].T.reshape(-1)
+        tokens_k = tokens.repeat(k, 1)
+        with torch.no_grad():
+            u_lower, _ = self.transport(traj[1:-1].flatten(0, 1), grid[:, 1:-1].T.reshape(-1), tokens.repeat(k - 1, 1))
+            u_t = torch.cat([traj[0], u_lower])
+            A, B, _ = posterior(s, t)
+            v = teacher(u_t, t, tokens_k)
+            target = per_sample(A, u_t) * u_t + per_sample(B, u_t) * (u_t - per_sample(t, u_t) * v)
+        mu, _ = self.predictor(u_t, t, s, tokens_k)
+        return (mu - target).square().flatten(1).mean(1).view(k, b).mean(0)
+
+    # --- weights on disk ----------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path, **metadata) -> Path:
+        config = {"kind": KIND, "ntm": self.config.to_dict(), "metadata": metadata}
+        return save_pretrained(directory, self.state_dict(), config)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> NTM:
+        state, config = load_pretrained(directory)
+        if config.get("kind") != KIND:
+            raise ValueError(f"{directory} holds a {config.get('kind')!r} model, not a {KIND!r}")
+        model = cls(NTMConfig.from_dict(config["ntm"]))
+        model.load_state_dict(state)
+        return model.to(device).eval()

@@ -1,0 +1,82 @@
+"""The NTM predictor: one DiT for every reverse step, a diagonal Gaussian for u_s given (u_t, t, s, c).
+
+The network reads both ends of a step (n_times = 2) and outputs 2C channels (v_hat, delta), which
+are read around the forward posterior q(x_s | x_t, x0) = N(A x_t + B x0, C^2) with x0 replaced by
+the flow-matching estimate u_t - t v_hat (DESIGN, NTM):
+    mu_P = A u_t + B (u_t - t v_hat),    log sigma_P = log C + delta.
+A velocity network therefore initialises it exactly: v_hat = v_teacher and delta = 0 give the
+teacher's posterior step with sigma_P = C.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor, nn
+
+from ntm.backbone import DiT, BackboneConfig
+from ntm.schedule import posterior
+from ntm.teacher import FlowMatchingTeacher
+
+
+def predictor_config(velocity: BackboneConfig) -> BackboneConfig:
+    """The predictor's backbone for a velocity backbone: same network, times (t, s), outputs (v_hat, delta)."""
+    return dataclasses.replace(velocity, n_times=2, out_channels=2 * velocity.in_channels)
+
+
+def per_sample(x: Tensor, like: Tensor) -> Tensor:
+    """Reshape per-sample scalars (B,) to broadcast against `like` (B, ...), in like's dtype."""
+    return x.to(like.dtype).reshape(-1, *[1] * (like.ndim - 1))
+
+
+class Predictor(nn.Module):
+    """p(u_s | u_t, c) = N(mu_P, sigma_P^2 I), weights shared across all steps (DESIGN, NTM)."""
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        if config.n_times != 2 or config.out_channels != 2 * config.in_channels:
+            raise ValueError(
+                "the predictor backbone reads (t, s) and outputs (v_hat, delta): it needs n_times = 2 and "
+                f"out_channels = 2 * in_channels, got n_times={config.n_times}, "
+                f"in_channels={config.in_channels}, out_channels={config.out_channels}"
+            )
+        self.net = DiT(config)
+
+    @property
+    def config(self) -> BackboneConfig:
+        return self.net.config
+
+    def encode_text(self, prompts: list[str]) -> Tensor:
+        return self.net.encode_text(prompts)
+
+    def raw(self, u_t: Tensor, t: Tensor, s: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """The network's two heads (v_hat, delta), each (B, C, H, W), for per-sample times t, s (B,)."""
+        out = self.net(u_t, torch.stack([t, s], dim=1), tokens)
+        return out.chunk(2, dim=1)
+
+    def forward(self, u_t: Tensor, t: Tensor, s: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """(mu_P, log sigma_P) for the step t -> s < t: mu_P = A u_t + B (u_t - t v_hat), log sigma_P = log C + delta."""
+        v_hat, delta = self.raw(u_t, t, s, tokens)
+        # the coefficients in float64: near t_0 -> 0, C and B are differences of nearly equal numbers
+        A, B, C = posterior(s.double(), t.double())
+        t_x = per_sample(t, u_t)
+        mu = per_sample(A, u_t) * u_t + per_sample(B, u_t) * (u_t - t_x * v_hat)
+        return mu, per_sample(C.log(), u_t) + delta
+
+    @classmethod
+    def from_teacher(cls, teacher: FlowMatchingTeacher) -> Predictor:
+        """A predictor whose step is exactly the teacher's posterior step: v_hat = v_teacher(u_t, t), delta = 0."""
+        source = teacher.net
+        model = cls(predictor_config(source.config))
+        state = source.state_dict()
+        # the second time MLP (reads s) adds nothing until trained: zero its last layer
+        state |= {f"time_mlps.1.{k}": v for k, v in model.net.time_mlps[1].state_dict().items()}
+        state["time_mlps.1.2.weight"] = torch.zeros_like(state["time_mlps.1.2.weight"])
+        state["time_mlps.1.2.bias"] = torch.zeros_like(state["time_mlps.1.2.bias"])
+        # unpatchify reads feature c*p*p + i*p + j as channel c, so channels [0, C) (v_hat) are the
+        # first C*p*p output rows, and channels [C, 2C) (delta) the rest: zero those
+        state["out.weight"] = torch.cat([source.out.weight, torch.zeros_like(source.out.weight)])
+        state["out.bias"] = torch.cat([source.out.bias, torch.zeros_like(source.out.bias)])
+        model.net.load_state_dict(state)
+        return model.to(source.out.weight.device)
