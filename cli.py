@@ -75,6 +75,50 @@ def reproduce(
     console.print(f"wrote {out}/summary.csv, summary.md, summary.tex and samples/")
 
 
+@app.command("train")
+@user_errors
+def train_(
+    model: Annotated[str, typer.Argument(help="A registered model (see `ntm-bench models`), e.g. ntm.")],
+    preset: PresetOpt = "tiny",
+    world: Annotated[str | None, typer.Option(help="Train on this world instead of the preset's.")] = None,
+    init: Annotated[str | None, typer.Option(help="NTM only: 'scratch' or 'teacher' (start from the flow-matching teacher).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Results folder; weights go to OUT/checkpoints. Default: results/<preset>.")] = None,
+    device: DeviceOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Train the weights a model needs (or find them cached) and print where they are.
+
+    Example: ntm-bench train ntm --world shapes --preset tiny --init teacher
+    """
+    import dataclasses
+
+    from benchmarks.presets import load_preset
+    from benchmarks.runner import train
+
+    p = load_preset(preset)
+    p = dataclasses.replace(p, world=world) if world else p
+    options = {"init": init} if init else {}
+    generator = train(p, out or Path("results") / p.name, model, device=device, progress=progress, **options)
+    spec = generator.spec
+    console.print(f"{spec.name}: {spec.parameters / 1e6:.2f}M parameters, weights {spec.weights_hash[:12]}")
+
+
+@app.command("distill-denoiser")
+@user_errors
+def distill_denoiser(
+    preset: PresetOpt = "tiny",
+    out: Annotated[Path | None, typer.Option(help="Results folder; weights go to OUT/checkpoints. Default: results/<preset>.")] = None,
+    device: DeviceOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Distil NTM's lightweight denoiser from its exact trajectory score (training the NTM first if needed).
+
+    The denoiser is what `ntm-fast` samples with; its budget is the preset's [train.ntm_denoiser].
+    Example: ntm-bench distill-denoiser --preset tiny
+    """
+    train_(model="ntm-fast", preset=preset, out=out, device=device, progress=progress)
+
+
 @app.command("eval")
 @user_errors
 def eval_(

@@ -1,8 +1,10 @@
-"""NTM as a Generator: `ntm` (transporter, exact flow steps) and `ntm-no-transporter` (f_T = id).
+"""NTM as a Generator: `ntm` (transporter, exact flow steps), `ntm-no-transporter` (f_T = id) and
+`ntm-fast` (the same NTM sampled through its self-distilled denoiser).
 
-Both are trained by one recipe on the same budget (`[train.ntm]` in the preset), from scratch or
-initialised from the flow-matching teacher (`init = "teacher"`), and differ only in f_T: without
-it each step is Gaussian in x, which is few-step Gaussian diffusion with a learned variance.
+The first two are trained by one recipe on the same budget (`[train.ntm]` in the preset), from
+scratch or initialised from the flow-matching teacher (`init = "teacher"`), and differ only in f_T:
+without it each step is Gaussian in x, which is few-step Gaussian diffusion with a learned variance.
+`ntm-fast` adds a denoiser distilled from `ntm`'s exact trajectory score (`[train.ntm_denoiser]`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from baselines.flow_matching import teacher_backbone, train_teacher
 from baselines.training import per_sample_noise, training_batch
 from ntm.backbone import count_parameters
 from ntm.checkpoint import weights_hash
+from ntm.denoiser import Denoiser, distillation_loss, fast_sample
 from ntm.model import NTM, NTMConfig, alignment_weight
 from ntm.predictor import predictor_config
 from ntm.schedule import transition
@@ -26,10 +29,11 @@ from ntm.train import TrainConfig, fit
 from ntm.transporter import TransporterConfig
 
 RECIPE = "ntm"
+DENOISER_RECIPE = "ntm_denoiser"
 INITS = ("scratch", "teacher")
 
 
-def ntm_config(ctx: BuildContext, transporter: bool, steps: int) -> NTMConfig:
+def ntm_config(ctx: BuildContext, transporter: bool, steps: int, data_variance: float | None = None) -> NTMConfig:
     """The NTM for this context: the shared backbone as predictor, and the preset's transporter or none."""
     backbone = teacher_backbone(ctx)
     f_t = None
@@ -39,15 +43,22 @@ def ntm_config(ctx: BuildContext, transporter: bool, steps: int) -> NTMConfig:
             resolution=backbone.resolution, channels=backbone.in_channels, patch=backbone.patch,
             vocab_size=backbone.vocab_size, **options,
         )
-    return NTMConfig(predictor=predictor_config(backbone), transporter=f_t, steps=steps)
+    return NTMConfig(predictor=predictor_config(backbone), transporter=f_t, steps=steps, data_variance=data_variance)
 
 
-def train_ntm(ctx: BuildContext, transporter: bool, steps: int = 4, init: str = "scratch", align_steps: int = 0) -> Path:
-    """The checkpoint folder of this NTM, trained on first use (all K steps per trajectory, end to end)."""
+def train_ntm(
+    ctx: BuildContext, transporter: bool, steps: int = 4, init: str = "scratch", align_steps: int = 0,
+    data_variance: float | None = 1.0,
+) -> Path:
+    """The checkpoint folder of this NTM, trained on first use (all K steps per trajectory, end to end).
+
+    From scratch, delta = 0 stands for the reverse scale of Gaussian data of variance `data_variance`
+    (None: the posterior's C); from the teacher it stands for C, as the teacher's posterior step has.
+    """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; available: {', '.join(INITS)}")
     train = TrainConfig.from_dict(ctx.train_config(RECIPE))
-    config = ntm_config(ctx, transporter, steps)
+    config = ntm_config(ctx, transporter, steps, None if init == "teacher" else data_variance)
     world = ctx.world
     recipe = {"ntm": config.to_dict(), "train": train.__dict__, "init": init, "align_steps": align_steps, "world": getattr(world, "name", "?")}
     if init == "teacher":
@@ -101,25 +112,27 @@ class NTMGenerator(Generator):
     @classmethod
     def from_context(
         cls, ctx: BuildContext, name: str, transporter: bool = True, steps: int = 4, guidance: float = 1.0,
-        init: str = "scratch", align_steps: int = 0, bound_samples: int = 8,
+        init: str = "scratch", align_steps: int = 0, bound_samples: int = 8, data_variance: float | None = 1.0,
     ) -> NTMGenerator:
-        directory = train_ntm(ctx, transporter, steps, init, align_steps)
+        directory = train_ntm(ctx, transporter, steps, init, align_steps, data_variance)
         return cls(NTM.from_pretrained(directory, ctx.device), name, guidance, bound_samples, weights_hash(directory), init)
 
     @property
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.no_grad()
-    def sample(self, prompts: Sequence[str], seeds: Sequence[int], steps: int | None = None) -> Tensor:
+    def _inputs(self, prompts: Sequence[str], seeds: Sequence[int], steps: int | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-sample noises (K+1, B, C, H, W) from the seeds, caption tokens and null tokens."""
         if steps not in (None, self.model.config.steps):
             raise ValueError(f"{self.spec.name} samples in its trained {self.model.config.steps} steps, not {steps}")
         c = self.model.config.predictor
         shape = (self.model.config.steps + 1, c.in_channels, c.resolution, c.resolution)
         noises = per_sample_noise(seeds, shape, self._device).transpose(0, 1)
-        tokens = self.model.encode_text(list(prompts))
-        null = self.model.encode_text([""] * len(prompts))
-        return to_pixels(self.model.sample(noises, tokens, null, self.guidance))
+        return noises, self.model.encode_text(list(prompts)), self.model.encode_text([""] * len(prompts))
+
+    @torch.no_grad()
+    def sample(self, prompts: Sequence[str], seeds: Sequence[int], steps: int | None = None) -> Tensor:
+        return to_pixels(self.model.sample(*self._inputs(prompts, seeds, steps), self.guidance))
 
     def log_likelihood(self, x: Tensor, prompts: Sequence[str], seeds: Sequence[int]) -> LikelihoodResult:
         bound = self.model.data_bound(x.to(self._device), self.model.encode_text(list(prompts)), self.bound_samples, list(seeds))
@@ -139,3 +152,62 @@ class NTMGenerator(Generator):
             traj.append(a * traj[-1] + sig * noises[i])
         log_p, _ = m.trajectory_log_prob(torch.stack(traj[::-1]), times, m.encode_text(list(prompts)))
         return LikelihoodResult(-log_p, "exact", "trajectory", {"t_min": m.config.t_min_eval, "steps": m.config.steps, "guidance": 1.0})
+
+
+def train_denoiser(ctx: BuildContext, ntm_dir: Path, guidance: float, depth: int = 2) -> Path:
+    """The denoiser g(u_{t_0}, c) distilled from the NTM in `ntm_dir` on its own guided samples."""
+    train = TrainConfig.from_dict(ctx.train_config(DENOISER_RECIPE))
+    recipe = {"ntm": weights_hash(ntm_dir), "train": train.__dict__, "guidance": guidance, "depth": depth}
+
+    def run(directory: Path) -> None:
+        model = NTM.from_pretrained(ntm_dir, ctx.device).requires_grad_(False)
+        torch.manual_seed(train.seed)
+        denoiser = Denoiser.for_model(model, depth=depth).to(ctx.device)
+        gen = torch.Generator().manual_seed(train.seed)
+
+        def step_loss(step: int) -> Tensor:
+            # only the prompts are used: the trajectories come from the model's own sampler
+            _, captions = training_batch(ctx.world, step, train.batch_size, train.seed, 0.0, ctx.device)
+            tokens = model.encode_text(captions)
+            null = model.encode_text([""] * len(captions))
+            return distillation_loss(denoiser, model, tokens, gen, null, guidance).mean().float()
+
+        ema, stats = fit(denoiser, step_loss, train, "distill ntm denoiser", ctx.progress)
+        ema.save_pretrained(directory, train=train.__dict__, stats=stats.__dict__, ntm=recipe["ntm"])
+
+    return ctx.checkpoint(DENOISER_RECIPE, recipe, run)
+
+
+class NTMFastGenerator(NTMGenerator):
+    """K predictor passes in u-space and one pass of the self-distilled denoiser: no inverse, no backward.
+
+    Its samples are the denoiser's, not draws from the NTM's density, so it reports no likelihood.
+    """
+
+    capabilities = Capabilities(guidance=True)
+
+    def __init__(self, model: NTM, denoiser: Denoiser, name: str, guidance: float, weights: str, init: str) -> None:
+        super().__init__(model, name, guidance, 0, weights, init)
+        self.denoiser = denoiser
+        self.spec = GeneratorSpec(
+            **(self.spec.to_dict() | {
+                "family": "ntm", "nfe": self.spec.nfe + 1,
+                "parameters": self.spec.parameters + count_parameters(denoiser),
+                "settings": self.spec.settings | {"sampler": "denoiser", "transporter_inverse": False},
+            })
+        )
+
+    @classmethod
+    def from_context(
+        cls, ctx: BuildContext, name: str, steps: int = 4, guidance: float = 1.0, init: str = "scratch",
+        align_steps: int = 0, data_variance: float | None = 1.0, denoiser_depth: int = 2,
+    ) -> NTMFastGenerator:
+        ntm_dir = train_ntm(ctx, True, steps, init, align_steps, data_variance)
+        den_dir = train_denoiser(ctx, ntm_dir, guidance, denoiser_depth)
+        model, denoiser = NTM.from_pretrained(ntm_dir, ctx.device), Denoiser.from_pretrained(den_dir, ctx.device)
+        return cls(model, denoiser, name, guidance, f"{weights_hash(ntm_dir)}+{weights_hash(den_dir)}", init)
+
+    @torch.no_grad()
+    def sample(self, prompts: Sequence[str], seeds: Sequence[int], steps: int | None = None) -> Tensor:
+        noises, tokens, null = self._inputs(prompts, seeds, steps)
+        return to_pixels(fast_sample(self.model, self.denoiser, noises, tokens, null, self.guidance))

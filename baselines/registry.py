@@ -8,6 +8,7 @@ object is a `ModelEntry` or a callable returning a list of them.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -88,9 +89,18 @@ def get_entry(name: str) -> ModelEntry:
     return _MODELS[name]
 
 
+def model_options(name: str) -> list[str]:
+    """The options model `name` accepts (keyword arguments of its `from_context`)."""
+    params = inspect.signature(get_entry(name).load().from_context).parameters
+    return [p for p in params if p not in ("ctx", "name")]
+
+
 def build(name: str, ctx: BuildContext, **overrides: Any) -> Generator:
     """Instantiate model `name` in `ctx` (training it first if its weights are not cached)."""
     entry = get_entry(name)
+    unknown = sorted(set(overrides) - set(model_options(name)))
+    if unknown:
+        raise ValueError(f"model {name!r} has no option(s) {unknown}; valid: {model_options(name)}")
     return entry.load().from_context(ctx, name=name, **(entry.options | overrides))
 
 
@@ -119,4 +129,9 @@ register(
     "baselines.ntm:NTMGenerator",
     "NTM with f_T = id: 4-step Gaussian diffusion with learned variance (the Gaussian bottleneck)",
     transporter=False,
+)
+register(
+    "ntm-fast",
+    "baselines.ntm:NTMFastGenerator",
+    "NTM sampled with K predictor passes + its self-distilled denoiser (no transporter inverse)",
 )

@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 
 import benchmarks.reference  # noqa: F401  (registers the reference rows)
-from baselines.base import BuildContext
+from baselines.base import BuildContext, Generator
 from baselines.registry import build, get_entry
 from benchmarks.presets import Preset
 from benchmarks.records import RecordStore, protocol
@@ -27,6 +27,20 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for but CUDA is not available here; use --device cpu")
     return device
+
+
+def build_context(preset: Preset, out_dir: Path, device: str | None = None, progress: bool = True) -> BuildContext:
+    """The world, device, budgets and checkpoint cache (OUT/checkpoints) models of `preset` are built in."""
+    world = get_world(preset.world, preset.resolution)
+    dev = resolve_device(device or preset.device)
+    torch.set_float32_matmul_precision("high")
+    return BuildContext(world, dev, Path(out_dir) / "checkpoints", preset.backbone, preset.train, progress)
+
+
+def train(preset: Preset, out_dir: Path, model: str, device: str | None = None, progress: bool = True, **options) -> Generator:
+    """Build `model` as `preset` configures it (training its weights if not cached), with `options` on top."""
+    get_entry(model)
+    return build(model, build_context(preset, out_dir, device, progress), **(preset.model_options.get(model, {}) | options))
 
 
 def evaluate(
@@ -47,13 +61,10 @@ def evaluate(
     suites = [get_suite(name, preset.suite_options.get(name)) for name in (suites or preset.suites)]
     for name in models:
         get_entry(name)
-    world = get_world(preset.world, preset.resolution)
-    dev = resolve_device(device or preset.device)
-    torch.set_float32_matmul_precision("high")
-    out_dir = Path(out_dir)
+    ctx = build_context(preset, out_dir, device, progress)
+    world, out_dir = ctx.world, Path(out_dir)
     store = RecordStore(out_dir / "records")
-    ctx = BuildContext(world, dev, out_dir / "checkpoints", preset.backbone, preset.train, progress)
-    proto = protocol(str(dev))
+    proto = protocol(str(ctx.device))
     written = []
     for name in models:
         generator = build(name, ctx, **preset.model_options.get(name, {}))

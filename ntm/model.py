@@ -41,6 +41,7 @@ class NTMConfig:
     t_min_high: float = 0.05
     t_min_eval: float = 0.02
     mode: TrainingMode = "end_to_end"
+    data_variance: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -65,6 +66,7 @@ class NTMConfig:
             "t_min_high": self.t_min_high,
             "t_min_eval": self.t_min_eval,
             "mode": self.mode,
+            "data_variance": self.data_variance,
         }
 
     @classmethod
@@ -116,7 +118,7 @@ class NTM(nn.Module):
     def __init__(self, config: NTMConfig) -> None:
         super().__init__()
         self.config = config
-        self.predictor = Predictor(config.predictor)
+        self.predictor = Predictor(config.predictor, config.data_variance)
         self.transporter = None if config.transporter is None else Transporter(config.transporter)
 
     def encode_text(self, prompts: list[str]) -> Tensor:
@@ -303,6 +305,8 @@ class NTM(nn.Module):
         """NTM whose every step is the teacher's posterior step (mu = A u + B (u - t v), sigma = C), f_T = id."""
         expected = predictor_config(teacher.net.config)
         config = NTMConfig(predictor=expected) if config is None else config
+        if config.data_variance is not None:
+            raise ValueError("initialisation from a teacher starts at sigma = C: set data_variance = None")
         if config.predictor != expected:
             raise ValueError(
                 "config.predictor must be the teacher's backbone read as a predictor "

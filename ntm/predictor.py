@@ -33,8 +33,11 @@ def per_sample(x: Tensor, like: Tensor) -> Tensor:
 class Predictor(nn.Module):
     """p(u_s | u_t, c) = N(mu_P, sigma_P^2 I), weights shared across all steps (DESIGN, NTM)."""
 
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: BackboneConfig, data_variance: float | None = None) -> None:
         super().__init__()
+        if data_variance is not None and not data_variance > 0:
+            raise ValueError(f"data_variance must be > 0 or None, got {data_variance}")
+        self.data_variance = data_variance
         if config.n_times != 2 or config.out_channels != 2 * config.in_channels:
             raise ValueError(
                 "the predictor backbone reads (t, s) and outputs (v_hat, delta): it needs n_times = 2 and "
@@ -56,13 +59,27 @@ class Predictor(nn.Module):
         return out.chunk(2, dim=1)
 
     def forward(self, u_t: Tensor, t: Tensor, s: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """(mu_P, log sigma_P) for the step t -> s < t: mu_P = A u_t + B (u_t - t v_hat), log sigma_P = log C + delta."""
+        """(mu_P, log sigma_P) for the step t -> s < t: mu_P = A u_t + B (u_t - t v_hat), log sigma_P = log sigma_0 + delta."""
         v_hat, delta = self.raw(u_t, t, s, tokens)
         # the coefficients in float64: near t_0 -> 0, C and B are differences of nearly equal numbers
         A, B, C = posterior(s.double(), t.double())
         t_x = per_sample(t, u_t)
         mu = per_sample(A, u_t) * u_t + per_sample(B, u_t) * (u_t - t_x * v_hat)
-        return mu, per_sample(C.log(), u_t) + delta
+        return mu, per_sample(self.base_log_sigma(t.double(), B, C), u_t) + delta
+
+    def base_log_sigma(self, t: Tensor, B: Tensor, C: Tensor) -> Tensor:
+        """log of the scale that delta = 0 stands for: C (the posterior step), or the reverse scale for Gaussian data.
+
+        With `data_variance` v, sigma_0^2 = C^2 + B^2 Var(x0 | x_t) for x0 ~ N(0, v I), where
+        Var(x0 | x_t) = v t^2 / ((1 - t)^2 v + t^2). Unlike C, which vanishes as s -> 0, it stays of the
+        order of the real uncertainty, so a from-scratch predictor does not start with near-zero scales
+        at the last step (t_0 ~ U[0, 0.05]) whose squared errors would dominate the loss.
+        """
+        if self.data_variance is None:
+            return C.log()
+        v = self.data_variance
+        x0_variance = v * t**2 / ((1 - t) ** 2 * v + t**2)
+        return 0.5 * torch.log(C**2 + B**2 * x0_variance)
 
     @classmethod
     def from_teacher(cls, teacher: FlowMatchingTeacher) -> Predictor:

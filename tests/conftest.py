@@ -32,9 +32,16 @@ batch_size = 8
 steps = 3
 batch_size = 4
 
+[train.ntm_denoiser]
+steps = 2
+batch_size = 4
+
 [model_options.ntm]
 guidance = 2.0
 bound_samples = 2
+
+[model_options.ntm-fast]
+guidance = 2.0
 
 [model_options.ntm-no-transporter]
 bound_samples = 2

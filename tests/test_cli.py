@@ -46,3 +46,25 @@ def test_worlds_check_and_show(tmp_path):
     assert min(report["per_category"].values()) >= 0.995 and "noise" in report
     result = runner.invoke(app, ["worlds", "show", "shapes", "--out", str(tmp_path / "g.png"), "--n", "8"])
     assert result.exit_code == 0 and (tmp_path / "g.png").stat().st_size > 1000
+
+
+def test_train_command_trains_once_and_rejects_unknown_options(preset_file, tmp_path):
+    out = tmp_path / "out"
+    args = ["train", "ntm", "--preset", str(preset_file), "--out", str(out), "--no-progress"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert len(checkpoints) == 1 and checkpoints[0].startswith("ntm-")
+    assert runner.invoke(app, args).output == first.output  # cached: same weights, nothing retrained
+    bad = runner.invoke(app, ["train", "fm-teacher", "--preset", str(preset_file), "--out", str(out), "--init", "teacher"])
+    assert bad.exit_code == 2 and "has no option(s) ['init']" in bad.output
+    bad = runner.invoke(app, args + ["--init", "bogus"])
+    assert bad.exit_code == 2 and "unknown init 'bogus'; available: scratch, teacher" in bad.output
+
+
+def test_distill_denoiser_command_caches_ntm_and_denoiser(preset_file, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["distill-denoiser", "--preset", str(preset_file), "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name.split("-")[0] for p in (out / "checkpoints").iterdir())
+    assert names == ["ntm", "ntm_denoiser"]

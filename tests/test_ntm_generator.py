@@ -55,9 +55,29 @@ def test_likelihoods_name_their_estimator_and_target():
 
 def test_ntm_rows_join_the_table(preset_file, tmp_path):
     out = tmp_path / "out"
-    evaluate(load_preset(preset_file), out, models=["ntm", "ntm-no-transporter"], suites=["nll"], progress=False)
+    evaluate(load_preset(preset_file), out, models=["ntm", "ntm-no-transporter", "ntm-fast"], suites=["nll"], progress=False)
     frame = write_tables(out).set_index("model")
     for name in ("ntm", "ntm-no-transporter"):
         assert np.isfinite(frame.loc[name, "nll_bpd"]) and np.isfinite(frame.loc[name, "nll_traj_bpd"])
         assert frame.loc[name, "nll_estimator"] == "iwae"
     assert frame.loc["ntm", "family"] == "ntm" and frame.loc["ntm-no-transporter", "family"] == "gaussian"
+    # the fast sampler's images are the denoiser's, not draws from the NTM density: no likelihood
+    assert frame.loc["ntm-fast", "nll_estimator"] == "n/a" and not np.isfinite(frame.loc["ntm-fast", "nll_bpd"])
+    assert frame.loc["ntm-fast", "nfe"] == frame.loc["ntm", "nfe"] + 1
+    assert len(list((out / "checkpoints").glob("ntm_denoiser-*"))) == 1
+
+
+def test_fast_sampler_never_inverts_the_transporter():
+    from baselines.ntm import NTMFastGenerator
+    from ntm.denoiser import Denoiser
+
+    gen = generator(True)
+    fast = NTMFastGenerator(gen.model, Denoiser.for_model(gen.model), "f", 2.0, "w", "scratch")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the fast sampler must not invert f_T")
+
+    gen.model.transporter.inverse = refuse
+    images = fast.sample(["a photo of a circle", "a photo of two squares"], [1, 2])
+    assert images.shape == (2, 3, 16, 16) and images.dtype == torch.uint8
+    assert fast.capabilities.likelihood is False
