@@ -33,8 +33,8 @@ def save_pretrained(directory: str | Path, state_dict: dict[str, torch.Tensor], 
     return directory
 
 
-def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> tuple[dict, dict]:
-    """(state_dict, config) from a folder written by `save_pretrained`; clear errors when absent."""
+def load_pretrained(directory: str | Path, device: str | torch.device = "cpu", kind: str | None = None) -> tuple[dict, dict]:
+    """(state_dict, config) from a folder written by `save_pretrained`; clear errors when absent or of another `kind`."""
     directory = Path(directory)
     missing = [name for name in (WEIGHTS, CONFIG) if not (directory / name).is_file()]
     if missing:
@@ -43,6 +43,8 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
             "Pass a folder written by save_pretrained (or train one with `ntm-bench reproduce`)."
         )
     config = json.loads((directory / CONFIG).read_text())
+    if kind is not None and config.get("kind") != kind:
+        raise ValueError(f"{directory} holds a {config.get('kind')!r} model, not a {kind!r}")
     return load_file(directory / WEIGHTS, device=str(device)), config
 
 

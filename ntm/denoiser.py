@@ -128,9 +128,7 @@ class Denoiser(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> Denoiser:
-        state, config = load_pretrained(directory)
-        if config.get("kind") != KIND:
-            raise ValueError(f"{directory} holds a {config.get('kind')!r} model, not a {KIND!r}")
+        state, config = load_pretrained(directory, kind=KIND)
         model = cls(BackboneConfig.from_dict(config["denoiser"]))
         model.load_state_dict(state)
         return model.to(device).eval()

@@ -346,9 +346,7 @@ class NTM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> NTM:
-        state, config = load_pretrained(directory)
-        if config.get("kind") != KIND:
-            raise ValueError(f"{directory} holds a {config.get('kind')!r} model, not a {KIND!r}")
+        state, config = load_pretrained(directory, kind=KIND)
         model = cls(NTMConfig.from_dict(config["ntm"]))
         model.load_state_dict(state)
         return model.to(device).eval()

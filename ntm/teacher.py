@@ -45,9 +45,7 @@ class FlowMatchingTeacher(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> FlowMatchingTeacher:
-        state, config = load_pretrained(directory)
-        if config.get("kind") != KIND:
-            raise ValueError(f"{directory} holds a {config.get('kind')!r} model, not a {KIND!r}")
+        state, config = load_pretrained(directory, kind=KIND)
         model = cls(BackboneConfig.from_dict(config["backbone"]), config["time_sampling"])
         model.load_state_dict(state)
         return model.to(device).eval()

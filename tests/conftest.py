@@ -59,6 +59,15 @@ images = 4
 """
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: tiny tensors gain nothing from more, and extra threads spin against other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def preset_file(tmp_path: Path) -> Path:
     path = tmp_path / "test.toml"

@@ -19,16 +19,11 @@ from ntm.model import NTM
 from ntm.schedule import time_grid
 from tests.test_ntm_model import PROMPTS, make_ntm, noises_for, randomise
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 M, V = 0.3, 0.7  # the Gaussian data x0 ~ N(M, V I)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tensors here are tiny: extra intra-op threads only spin against other jobs on a shared CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def chain_covariance(times: Tensor) -> Tensor:

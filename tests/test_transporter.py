@@ -4,15 +4,10 @@ from torch.autograd.functional import jacobian
 
 from ntm.transporter import Transporter, TransporterConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tensors here are tiny: extra intra-op threads only spin against other jobs on a shared CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 
 
 CONFIG = TransporterConfig(
