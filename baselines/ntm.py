@@ -23,7 +23,6 @@ from ntm.checkpoint import weights_hash
 from ntm.denoiser import Denoiser, distillation_loss, fast_sample
 from ntm.model import NTM, NTMConfig, alignment_weight
 from ntm.predictor import predictor_config
-from ntm.schedule import transition
 from ntm.teacher import FlowMatchingTeacher
 from ntm.train import TrainConfig, fit
 from ntm.transporter import TransporterConfig
@@ -144,13 +143,9 @@ class NTMGenerator(Generator):
         """Exact -log p(x_{t_0..K} | c) of one forward trajectory from x_{t_0} = x, drawn per sample from its seed."""
         m, x = self.model, x.to(self._device)
         times = m.times(m.config.t_min_eval)
-        noises = per_sample_noise(seeds, (m.config.steps + 1, *x.shape[1:]), self._device).transpose(0, 1)
-        # forward_trajectory starts from x0 at t = 0; start it from x_{t_0} itself instead
-        traj = [x]
-        for i in range(m.config.steps - 1, -1, -1):
-            a, sig = transition(float(times[i + 1]), float(times[i]))
-            traj.append(a * traj[-1] + sig * noises[i])
-        log_p, _ = m.trajectory_log_prob(torch.stack(traj[::-1]), times, m.encode_text(list(prompts)))
+        noises = per_sample_noise(seeds, (m.config.steps, *x.shape[1:]), self._device).transpose(0, 1)
+        traj, _ = m.chain_from(x, times, noises)
+        log_p, _ = m.trajectory_log_prob(traj, times, m.encode_text(list(prompts)))
         return LikelihoodResult(-log_p, "exact", "trajectory", {"t_min": m.config.t_min_eval, "steps": m.config.steps, "guidance": 1.0})
 
 

@@ -243,18 +243,26 @@ class NTM(nn.Module):
         noise = torch.stack(per_sample, dim=2).to(x.device)
         log_w = []
         for j in range(samples):
-            states, log_q = [x], x.new_zeros(b, dtype=torch.float64)
-            for i in range(k - 1, -1, -1):
-                a, sig = transition(float(grid[i + 1]), float(grid[i]))
-                mean = a * states[-1].double()
-                # the model sees the state in its own dtype; score q on exactly that state
-                nxt = (mean + sig * noise[j, i]).to(x.dtype)
-                log_q = log_q + gaussian_log_prob(nxt, mean, math.log(sig))
-                states.append(nxt)
-            log_p, _ = self.trajectory_log_prob(torch.stack(states[::-1]), grid, tokens)
+            traj, log_q = self.chain_from(x, grid, noise[j])
+            log_p, _ = self.trajectory_log_prob(traj, grid, tokens)
             log_w.append(log_p - log_q)
         log_w = torch.stack(log_w)
         return DataBound(log_w.mean(0), log_w.logsumexp(0) - math.log(samples), samples, t_min)
+
+    def chain_from(self, x: Tensor, grid: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """One draw of q(x_{t_1..K} | x_{t_0} = x) from noise (K, B, ...): the trajectory (K+1, B, ...) and log q (B,).
+
+        noise[i] makes the state at grid[i] from the one at grid[i + 1] (the K + 1 times of `grid` are shared).
+        """
+        states, log_q = [x], x.new_zeros(x.shape[0], dtype=torch.float64)
+        for i in range(self.config.steps - 1, -1, -1):
+            a, sig = transition(float(grid[i + 1]), float(grid[i]))
+            mean = a * states[-1].double()
+            # the model sees the state in its own dtype; score q on exactly that state
+            nxt = (mean + sig * noise[i]).to(x.dtype)
+            log_q = log_q + gaussian_log_prob(nxt, mean, math.log(sig))
+            states.append(nxt)
+        return torch.stack(states[::-1]), log_q
 
     # --- sampling -----------------------------------------------------------------------------
 
