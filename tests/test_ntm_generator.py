@@ -1,14 +1,11 @@
 """NTM behind the Generator interface: sampling protocol, likelihood reporting, registry rows."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
-from baselines.base import to_model_space
+from baselines.base import BuildContext, to_model_space
 from baselines.ntm import NTMGenerator, ntm_config
-from baselines.base import BuildContext
 from benchmarks.presets import load_preset
 from benchmarks.runner import evaluate
 from benchmarks.tables import write_tables

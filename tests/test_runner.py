@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from baselines.base import Capabilities, Generator, GeneratorSpec, LikelihoodResult
-from baselines.registry import UnknownNameError, build, register
+from baselines.registry import UnknownNameError, register
 from benchmarks.presets import load_preset
 from benchmarks.runner import evaluate
 from benchmarks.suites import get_suite
