@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, ClassVar, Self
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -60,3 +61,28 @@ def weights_hash(directory: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class PretrainedMixin:
+    """`save_pretrained` / `from_pretrained` for a module rebuilt from a JSON config, tagged with its `KIND`."""
+
+    KIND: ClassVar[str]
+
+    def to_config(self) -> dict[str, Any]:
+        """Everything the constructor needs, as JSON (the "kind" and "metadata" keys are added on save)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Self:
+        raise NotImplementedError
+
+    def save_pretrained(self, directory: str | Path, **metadata: Any) -> Path:
+        config = {"kind": self.KIND, **self.to_config(), "metadata": metadata}
+        return save_pretrained(directory, self.state_dict(), config)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> Self:
+        state, config = load_pretrained(directory, kind=cls.KIND)
+        model = cls.from_config(config)
+        model.load_state_dict(state)
+        return model.to(device).eval()

@@ -30,18 +30,16 @@ fast sampling is K predictor passes and one denoiser pass: no inverse of f_T, no
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ntm.backbone import BackboneConfig, DiT
-from ntm.checkpoint import load_pretrained, save_pretrained
+from ntm.checkpoint import PretrainedMixin
 from ntm.model import NTM
 from ntm.predictor import per_sample
 
-KIND = "ntm_denoiser"
 
 
 def trajectory_score(model: NTM, traj: Tensor, times: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,12 +79,14 @@ def denoiser_config(predictor: BackboneConfig, depth: int = 2, **overrides) -> B
     )
 
 
-class Denoiser(nn.Module):
+class Denoiser(PretrainedMixin, nn.Module):
     """g(u_{t_min}, t_min, c) = u + net(u, t_min, c) ~ E[x0 | trajectory], x-space output (DESIGN, NTM: self-distillation).
 
     The skip makes an untrained denoiser (zero-initialised output) return u_{t_min}, the sampler's
     own last state, so distillation starts from NTM's sample with f_T^-1 replaced by the identity.
     """
+
+    KIND = "ntm_denoiser"
 
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()
@@ -122,16 +122,12 @@ class Denoiser(nn.Module):
         if wrong:
             raise ValueError(f"denoiser and NTM differ in {', '.join(wrong)}: build it with Denoiser.for_model(model)")
 
-    def save_pretrained(self, directory: str | Path, **metadata) -> Path:
-        config = {"kind": KIND, "denoiser": self.config.to_dict(), "metadata": metadata}
-        return save_pretrained(directory, self.state_dict(), config)
+    def to_config(self) -> dict:
+        return {"denoiser": self.config.to_dict()}
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> Denoiser:
-        state, config = load_pretrained(directory, kind=KIND)
-        model = cls(BackboneConfig.from_dict(config["denoiser"]))
-        model.load_state_dict(state)
-        return model.to(device).eval()
+    def from_config(cls, config: dict) -> Denoiser:
+        return cls(BackboneConfig.from_dict(config["denoiser"]))
 
 
 def sample_u(

@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from ntm.backbone import BackboneConfig
-from ntm.checkpoint import load_pretrained, save_pretrained
+from ntm.checkpoint import PretrainedMixin
 from ntm.guidance import guide_gaussian
 from ntm.predictor import Predictor, per_sample, predictor_config
 from ntm.schedule import posterior, sample_t_min, time_grid, transition
 from ntm.teacher import FlowMatchingTeacher
 from ntm.transporter import Transporter, TransporterConfig
 
-KIND = "ntm"
 TrainingMode = Literal["end_to_end", "pairwise"]
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -112,8 +110,10 @@ def alignment_weight(step: int, anneal_steps: int, initial: float = 1.0) -> floa
     return initial * 0.5 * (1 + math.cos(math.pi * step / anneal_steps))
 
 
-class NTM(nn.Module):
+class NTM(PretrainedMixin, nn.Module):
     """Predictor (deep, non-causal, shared over steps) + transporter f_T (shallow, invertible), DESIGN NTM."""
+
+    KIND = "ntm"
 
     def __init__(self, config: NTMConfig) -> None:
         super().__init__()
@@ -348,13 +348,9 @@ class NTM(nn.Module):
 
     # --- weights on disk ----------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | Path, **metadata) -> Path:
-        config = {"kind": KIND, "ntm": self.config.to_dict(), "metadata": metadata}
-        return save_pretrained(directory, self.state_dict(), config)
+    def to_config(self) -> dict:
+        return {"ntm": self.config.to_dict()}
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> NTM:
-        state, config = load_pretrained(directory, kind=KIND)
-        model = cls(NTMConfig.from_dict(config["ntm"]))
-        model.load_state_dict(state)
-        return model.to(device).eval()
+    def from_config(cls, config: dict) -> NTM:
+        return cls(NTMConfig.from_dict(config["ntm"]))

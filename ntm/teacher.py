@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from ntm.backbone import DiT, BackboneConfig
-from ntm.checkpoint import load_pretrained, save_pretrained
+from ntm.checkpoint import PretrainedMixin
 from ntm.flow_matching import flow_matching_loss, sample_training_times
 
-KIND = "flow_matching_teacher"
-
-
-class FlowMatchingTeacher(nn.Module):
+class FlowMatchingTeacher(PretrainedMixin, nn.Module):
     """v_theta(x_t, t, c) for x_t = (1 - t) x0 + t eps (Liu et al., 2022; Lipman et al., 2022)."""
+
+    KIND = "flow_matching_teacher"
 
     def __init__(self, backbone: BackboneConfig, time_sampling: str = "logit_normal") -> None:
         super().__init__()
@@ -24,9 +22,12 @@ class FlowMatchingTeacher(nn.Module):
         self.net = DiT(backbone)
         self.time_sampling = time_sampling
 
-    @property
-    def config(self) -> dict:
-        return {"kind": KIND, "backbone": self.net.config.to_dict(), "time_sampling": self.time_sampling}
+    def to_config(self) -> dict:
+        return {"backbone": self.net.config.to_dict(), "time_sampling": self.time_sampling}
+
+    @classmethod
+    def from_config(cls, config: dict) -> FlowMatchingTeacher:
+        return cls(BackboneConfig.from_dict(config["backbone"]), config["time_sampling"])
 
     def forward(self, x: Tensor, t: Tensor, tokens: Tensor) -> Tensor:
         return self.net(x, t, tokens)
@@ -39,13 +40,3 @@ class FlowMatchingTeacher(nn.Module):
         t = sample_training_times(x0.shape[0], generator, kind=self.time_sampling).to(x0)
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         return flow_matching_loss(self, x0, tokens, t, noise)
-
-    def save_pretrained(self, directory: str | Path, **metadata) -> Path:
-        return save_pretrained(directory, self.state_dict(), self.config | {"metadata": metadata})
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> FlowMatchingTeacher:
-        state, config = load_pretrained(directory, kind=KIND)
-        model = cls(BackboneConfig.from_dict(config["backbone"]), config["time_sampling"])
-        model.load_state_dict(state)
-        return model.to(device).eval()
