@@ -130,27 +130,6 @@ class Denoiser(PretrainedMixin, nn.Module):
         return cls(BackboneConfig.from_dict(config["denoiser"]))
 
 
-def sample_u(
-    model: NTM,
-    noises: Tensor,
-    tokens: Tensor,
-    null_tokens: Tensor | None = None,
-    guidance: float = 1.0,
-    t_min: float | None = None,
-) -> tuple[Tensor, Tensor]:
-    """NTM.sample's K steps without the final f_T^-1: the u-states (K+1, B, ...) and their times (B, K+1)."""
-    k, b = model.config.steps, noises.shape[1]
-    if noises.shape[0] != k + 1:
-        raise ValueError(f"need K + 1 = {k + 1} noise tensors (x_1 and one per step), got {noises.shape[0]}")
-    t_min = model.config.t_min_eval if t_min is None else t_min
-    grid = model.times(t_min).to(noises.device).expand(b, -1)
-    states = [noises[0]]
-    for i in range(k):
-        mu, log_sigma = model.step(states[-1], grid[:, i], grid[:, i + 1], tokens, null_tokens, guidance)
-        states.append(mu + log_sigma.exp() * noises[i + 1])
-    return torch.stack(states), grid
-
-
 @torch.no_grad()
 def fast_sample(
     model: NTM,
@@ -163,7 +142,7 @@ def fast_sample(
 ) -> Tensor:
     """x0_hat = g(u_{t_min}, t_min, c) after K predictor passes in u-space: no inverse of f_T, no backward pass."""
     denoiser.check_compatible(model)
-    states, grid = sample_u(model, noises, tokens, null_tokens, guidance, t_min)
+    states, grid = model.sample_u(noises, tokens, null_tokens, guidance, t_min)
     return denoiser(states[-1], grid[:, -1], tokens)
 
 
@@ -191,7 +170,7 @@ def distillation_loss(
     noises = torch.randn((k + 1, b, c.in_channels, c.resolution, c.resolution), generator=generator)
     noises = noises.to(device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
-        states, grid = sample_u(model, noises, tokens, null_tokens, guidance, t_min)
+        states, grid = model.sample_u(noises, tokens, null_tokens, guidance, t_min)
         lower = model.untransport(states[1:].flatten(0, 1), grid[:, 1:].T.reshape(-1), tokens.repeat(k, 1))
         traj = torch.cat([states[:1], lower.unflatten(0, (k, b))])
     _, score = trajectory_score(model, traj, grid, tokens)

@@ -282,6 +282,28 @@ class NTM(PretrainedMixin, nn.Module):
         (mu_c, mu_u), (ls_c, ls_u) = mu.chunk(2), log_sigma.chunk(2)
         return guide_gaussian(mu_c, ls_c, mu_u, ls_u, guidance)
 
+    def sample_u(
+        self,
+        noises: Tensor,
+        tokens: Tensor,
+        null_tokens: Tensor | None = None,
+        guidance: float = 1.0,
+        t_min: float | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The K reverse steps in u-space from noises (K+1, B, C, H, W): u_1 = noises[0], u_s = mu_P + sigma_P noises[i].
+
+        Returns every u-state (K+1, B, ...) and their times (B, K+1); no f_T inverse is taken.
+        """
+        k, b = self.config.steps, noises.shape[1]
+        if noises.shape[0] != k + 1:
+            raise ValueError(f"need K + 1 = {k + 1} noise tensors (x_1 and one per step), got {noises.shape[0]}")
+        grid = self._grid(self.times(self.config.t_min_eval if t_min is None else t_min), b, noises.device)
+        states = [noises[0]]
+        for i in range(k):
+            mu, log_sigma = self.step(states[-1], grid[:, i], grid[:, i + 1], tokens, null_tokens, guidance)
+            states.append(mu + log_sigma.exp() * noises[i + 1])
+        return torch.stack(states), grid
+
     @torch.no_grad()
     def sample(
         self,
@@ -291,20 +313,13 @@ class NTM(PretrainedMixin, nn.Module):
         guidance: float = 1.0,
         t_min: float | None = None,
     ) -> Tensor:
-        """x_{t_0} from noises (K+1, B, C, H, W): u_1 = noises[0], u_s = mu_P + sigma_P noises[i], then one f_T^{-1} at t_0.
+        """x_{t_0}: the K steps of `sample_u`, then one f_T^{-1} at t_0.
 
         The K steps stay in u-space (each step's target u_s is the next step's condition), so the
         autoregressive inverse of f_T runs once. A text-conditioned f_T is inverted with `tokens`.
         """
-        k, b = self.config.steps, noises.shape[1]
-        if noises.shape[0] != k + 1:
-            raise ValueError(f"need K + 1 = {k + 1} noise tensors (x_1 and one per step), got {noises.shape[0]}")
-        grid = self._grid(self.times(self.config.t_min_eval if t_min is None else t_min), b, noises.device)
-        u = noises[0]
-        for i in range(k):
-            mu, log_sigma = self.step(u, grid[:, i], grid[:, i + 1], tokens, null_tokens, guidance)
-            u = mu + log_sigma.exp() * noises[i + 1]
-        return self.untransport(u, grid[:, k], tokens)
+        states, grid = self.sample_u(noises, tokens, null_tokens, guidance, t_min)
+        return self.untransport(states[-1], grid[:, -1], tokens)
 
     # --- initialisation from a flow-matching teacher -------------------------------------------
 

@@ -10,7 +10,6 @@ from ntm.denoiser import (
     Denoiser,
     distillation_loss,
     fast_sample,
-    sample_u,
     trajectory_covariance,
     trajectory_score,
     tweedie_x0,
@@ -192,7 +191,7 @@ def test_untrained_denoiser_returns_the_samplers_last_u_state():
     denoiser = Denoiser.for_model(model).double()
     noises, tokens = noises_for([4, 9]).double(), model.encode_text(PROMPTS[:2])
     with torch.no_grad():
-        states, _ = sample_u(model, noises, tokens)
+        states, _ = model.sample_u(noises, tokens)
     assert torch.equal(fast_sample(model, denoiser, noises, tokens), states[-1])
 
 
