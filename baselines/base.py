@@ -40,9 +40,12 @@ class GeneratorSpec:
     parameters: int
     weights_hash: str
     settings: Mapping[str, Any] = field(default_factory=dict)
+    training: Mapping[str, Any] = field(default_factory=dict)
+    """The training budget behind the weights (`baselines.training.budget`): backbone, optimizer
+    steps, batch size and teacher forward passes; empty for models not trained here."""
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"settings": dict(self.settings)}
+        return asdict(self) | {"settings": dict(self.settings), "training": dict(self.training)}
 
     @property
     def hash(self) -> str:

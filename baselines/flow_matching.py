@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 
 from baselines.base import BuildContext, Capabilities, Generator, GeneratorSpec, LikelihoodResult, to_pixels
-from baselines.training import per_sample_noise, training_batch
+from baselines.training import budget, per_sample_noise, training_batch
 from ntm.backbone import BackboneConfig, backbone_config, count_parameters
-from ntm.checkpoint import weights_hash
+from ntm.checkpoint import read_metadata, weights_hash
 from ntm.flow_matching import nfe, ode_log_likelihood, sample_euler, sample_heun
 from ntm.schedule import time_grid
 from ntm.teacher import FlowMatchingTeacher
@@ -52,7 +52,9 @@ def train_teacher(ctx: BuildContext) -> Path:
             return model.loss(x0, model.encode_text(captions), gen).mean()
 
         ema, stats = fit(model, step_loss, train, f"train {RECIPE}", ctx.progress)
-        ema.save_pretrained(directory, train=train.__dict__, stats=stats.__dict__, world=recipe["world"])
+        ema.save_pretrained(
+            directory, train=train.__dict__, stats=stats.__dict__, world=recipe["world"], training=budget(ctx, train, 0)
+        )
 
     return ctx.checkpoint(RECIPE, recipe, run)
 
@@ -74,7 +76,7 @@ class FlowMatchingGenerator(Generator):
 
     def __init__(
         self, model: FlowMatchingTeacher, name: str, solver: str, steps: int, guidance: float,
-        shift: float, likelihood: LikelihoodOptions, weights: str,
+        shift: float, likelihood: LikelihoodOptions, weights: str, training: dict | None = None,
     ) -> None:
         if solver not in SAMPLERS:
             raise ValueError(f"unknown solver {solver!r}; available: {', '.join(SAMPLERS)}")
@@ -84,6 +86,7 @@ class FlowMatchingGenerator(Generator):
             name=name, family="flow-matching", steps=steps, nfe=nfe(solver, steps, guidance),
             parameters=count_parameters(model), weights_hash=weights,
             settings={"solver": solver, "guidance": guidance, "shift": shift, "likelihood": likelihood.__dict__},
+            training=training or {},
         )
 
     @classmethod
@@ -93,7 +96,10 @@ class FlowMatchingGenerator(Generator):
     ) -> FlowMatchingGenerator:
         directory = train_teacher(ctx)
         model = FlowMatchingTeacher.from_pretrained(directory, ctx.device)
-        return cls(model, name, solver, steps, guidance, shift, LikelihoodOptions(**(likelihood or {})), weights_hash(directory))
+        return cls(
+            model, name, solver, steps, guidance, shift, LikelihoodOptions(**(likelihood or {})),
+            weights_hash(directory), read_metadata(directory).get("training"),
+        )
 
     @property
     def _device(self) -> torch.device:

@@ -17,9 +17,9 @@ from torch import Tensor
 
 from baselines.base import BuildContext, Capabilities, Generator, GeneratorSpec, LikelihoodResult, to_pixels
 from baselines.flow_matching import teacher_backbone, train_teacher
-from baselines.training import per_sample_noise, training_batch
+from baselines.training import CountingTeacher, budget, per_sample_noise, training_batch
 from ntm.backbone import count_parameters
-from ntm.checkpoint import weights_hash
+from ntm.checkpoint import read_metadata, weights_hash
 from ntm.denoiser import Denoiser, distillation_loss, fast_sample
 from ntm.model import NTM, NTMConfig, alignment_weight
 from ntm.predictor import predictor_config
@@ -67,8 +67,9 @@ def train_ntm(
         torch.manual_seed(train.seed)
         teacher = None
         if init == "teacher":
-            teacher = FlowMatchingTeacher.from_pretrained(train_teacher(ctx), ctx.device).requires_grad_(False)
-            model = NTM.from_teacher(teacher, config)
+            frozen = FlowMatchingTeacher.from_pretrained(train_teacher(ctx), ctx.device).requires_grad_(False)
+            model = NTM.from_teacher(frozen, config)
+            teacher = CountingTeacher(frozen)
         else:
             model = NTM(config)
         model = model.to(ctx.device)
@@ -85,7 +86,11 @@ def train_ntm(
 
         name = "ntm" if transporter else "ntm-no-transporter"
         ema, stats = fit(model, step_loss, train, f"train {name}", ctx.progress)
-        ema.save_pretrained(directory, train=train.__dict__, stats=stats.__dict__, init=init, world=recipe["world"])
+        spent = 0 if teacher is None else teacher.calls
+        ema.save_pretrained(
+            directory, train=train.__dict__, stats=stats.__dict__, init=init, world=recipe["world"],
+            training=budget(ctx, train, spent),
+        )
 
     return ctx.checkpoint(RECIPE, recipe, run)
 
@@ -95,7 +100,9 @@ class NTMGenerator(Generator):
 
     capabilities = Capabilities(likelihood=True, guidance=True, trajectory=True)
 
-    def __init__(self, model: NTM, name: str, guidance: float, bound_samples: int, weights: str, init: str) -> None:
+    def __init__(
+        self, model: NTM, name: str, guidance: float, bound_samples: int, weights: str, init: str, training: dict | None = None
+    ) -> None:
         self.model, self.guidance, self.bound_samples = model, guidance, bound_samples
         k = model.config.steps
         family = "ntm" if model.transporter is not None else "gaussian"
@@ -106,6 +113,7 @@ class NTMGenerator(Generator):
                 "guidance": guidance, "t_min": model.config.t_min_eval, "init": init,
                 "transporter_inverse": model.transporter is not None, "bound_samples": bound_samples,
             },
+            training=training or {},
         )
 
     @classmethod
@@ -114,7 +122,10 @@ class NTMGenerator(Generator):
         init: str = "scratch", align_steps: int = 0, bound_samples: int = 8, data_variance: float | None = 1.0,
     ) -> NTMGenerator:
         directory = train_ntm(ctx, transporter, steps, init, align_steps, data_variance)
-        return cls(NTM.from_pretrained(directory, ctx.device), name, guidance, bound_samples, weights_hash(directory), init)
+        return cls(
+            NTM.from_pretrained(directory, ctx.device), name, guidance, bound_samples, weights_hash(directory), init,
+            read_metadata(directory).get("training"),
+        )
 
     @property
     def _device(self) -> torch.device:
@@ -181,8 +192,10 @@ class NTMFastGenerator(NTMGenerator):
 
     capabilities = Capabilities(guidance=True)
 
-    def __init__(self, model: NTM, denoiser: Denoiser, name: str, guidance: float, weights: str, init: str) -> None:
-        super().__init__(model, name, guidance, 0, weights, init)
+    def __init__(
+        self, model: NTM, denoiser: Denoiser, name: str, guidance: float, weights: str, init: str, training: dict | None = None
+    ) -> None:
+        super().__init__(model, name, guidance, 0, weights, init, training)
         self.denoiser = denoiser
         self.spec = GeneratorSpec(
             **(self.spec.to_dict() | {
@@ -200,7 +213,11 @@ class NTMFastGenerator(NTMGenerator):
         ntm_dir = train_ntm(ctx, True, steps, init, align_steps, data_variance)
         den_dir = train_denoiser(ctx, ntm_dir, guidance, denoiser_depth)
         model, denoiser = NTM.from_pretrained(ntm_dir, ctx.device), Denoiser.from_pretrained(den_dir, ctx.device)
-        return cls(model, denoiser, name, guidance, f"{weights_hash(ntm_dir)}+{weights_hash(den_dir)}", init)
+        training = read_metadata(ntm_dir).get("training")
+        if training is not None:
+            den = read_metadata(den_dir).get("train", {})
+            training = training | {"denoiser_steps": den.get("steps"), "denoiser_batch_size": den.get("batch_size")}
+        return cls(model, denoiser, name, guidance, f"{weights_hash(ntm_dir)}+{weights_hash(den_dir)}", init, training)
 
     @torch.no_grad()
     def sample(self, prompts: Sequence[str], seeds: Sequence[int], steps: int | None = None) -> Tensor:

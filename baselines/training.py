@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from baselines.base import DataSource, to_model_space
+from baselines.base import BuildContext, DataSource, to_model_space
+from ntm.train import TrainConfig
 
 
 def training_batch(
@@ -30,3 +32,31 @@ def training_batch(
 def per_sample_noise(seeds: Sequence[int], shape: tuple[int, ...], device: torch.device) -> Tensor:
     """One standard-normal draw of `shape` per seed: sample i never depends on the batch it is in."""
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(device)
+
+
+class CountingTeacher(nn.Module):
+    """Wraps a frozen teacher and counts its forward passes per sample (a CFG pair counts 2).
+
+    Every method that learns from a teacher calls it through this wrapper, so the recorded
+    `teacher_nfe` is what training actually spent, not a formula.
+    """
+
+    def __init__(self, teacher: nn.Module) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.calls = 0
+
+    def forward(self, x: Tensor, t: Tensor, tokens: Tensor) -> Tensor:
+        self.calls += x.shape[0]
+        return self.teacher(x, t, tokens)
+
+    def encode_text(self, prompts: list[str]) -> Tensor:
+        return self.teacher.encode_text(prompts)
+
+
+def budget(ctx: BuildContext, train: TrainConfig, teacher_nfe: int, **extra: Any) -> dict[str, Any]:
+    """The training budget a spec records and the tables show: same keys for every trained model."""
+    return {
+        "backbone": ctx.backbone.get("size", "?"), "optimizer_steps": train.steps,
+        "batch_size": train.batch_size, "teacher_nfe": int(teacher_nfe),
+    } | extra

@@ -11,7 +11,7 @@ import pandas as pd
 from benchmarks.plots import image_grid
 from benchmarks.records import RecordStore, atomic_write_text
 
-IDENTITY = ["model", "family", "steps", "nfe", "params"]
+IDENTITY = ["model", "family", "steps", "nfe", "params", "train_steps", "teacher_nfe"]
 GENEVAL_TASKS = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
 METRICS = ["geneval_overall", *[f"geneval_{t}" for t in GENEVAL_TASKS], "nll_bpd", "nll_traj_bpd"]
 LABELS = ["nll_estimator"]
@@ -23,8 +23,14 @@ def summary_frame(store: RecordStore) -> pd.DataFrame:
     values: dict[tuple[str, str], list[float]] = {}
     for s in store.summaries():
         spec = s["spec"]
+        training = spec.get("training") or {}
         row = per_model.setdefault(
-            s["model"], {"model": s["model"], "family": spec["family"], "steps": spec["steps"], "nfe": spec["nfe"], "params": spec["parameters"]}
+            s["model"],
+            {
+                "model": s["model"], "family": spec["family"], "steps": spec["steps"], "nfe": spec["nfe"],
+                "params": spec["parameters"], "train_steps": training.get("optimizer_steps"),
+                "teacher_nfe": training.get("teacher_nfe"),
+            },
         )
         row.setdefault("seeds", set()).add(s["seed"])
         for k, v in s["metrics"].items():
@@ -53,6 +59,8 @@ def _fmt(value, column: str) -> str:
         return "n/a"
     if column == "params":
         return f"{value / 1e6:.2f}M"
+    if column in ("train_steps", "teacher_nfe"):
+        return f"{int(value):,}"
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)

@@ -49,6 +49,14 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu", k
     return load_file(directory / WEIGHTS, device=str(device)), config
 
 
+def read_metadata(directory: str | Path) -> dict[str, Any]:
+    """The keyword metadata a model was saved with (`save_pretrained(directory, **metadata)`)."""
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a saved model: missing {CONFIG}")
+    return dict(json.loads(path.read_text()).get("metadata", {}))
+
+
 def is_saved(directory: str | Path) -> bool:
     directory = Path(directory)
     return (directory / WEIGHTS).is_file() and (directory / CONFIG).is_file()
