@@ -46,6 +46,7 @@ class ModelEntry:
 
 _MODELS: dict[str, ModelEntry] = {}
 _entry_points_loaded = False
+_FROM_ENTRY_POINTS: dict[str, ModelEntry] = {}
 
 
 def register(name: str, target: str | type, description: str = "", **options: Any) -> None:
@@ -74,7 +75,26 @@ def _load_entry_points() -> None:
         obj = ep.load()
         entries = obj() if callable(obj) and not isinstance(obj, ModelEntry) else obj
         for entry in [entries] if isinstance(entries, ModelEntry) else entries:
-            _MODELS.setdefault(entry.name, entry)
+            if entry.name not in _MODELS:
+                _MODELS[entry.name] = _FROM_ENTRY_POINTS[entry.name] = entry
+
+
+def reload_entry_points() -> list[str]:
+    """Scan the `ntm_bench.generators` entry points again; returns the model names this scan added.
+
+    For a running interpreter whose installed distributions changed (a `pip install -e`, or a
+    sys.path edit in a test): models an earlier scan added are dropped first, unless `register`
+    has replaced them since, so an uninstalled package's models disappear.
+    """
+    global _entry_points_loaded
+    for name, entry in _FROM_ENTRY_POINTS.items():
+        if _MODELS.get(name) is entry:
+            del _MODELS[name]
+    _FROM_ENTRY_POINTS.clear()
+    importlib.invalidate_caches()  # also forgets importlib.metadata's cached directory listings
+    _entry_points_loaded = False
+    _load_entry_points()
+    return sorted(_FROM_ENTRY_POINTS)
 
 
 def available_models() -> list[str]:
@@ -135,3 +155,46 @@ register(
     "baselines.ntm:NTMFastGenerator",
     "NTM sampled with K predictor passes + its self-distilled denoiser (no transporter inverse)",
 )
+register(
+    "consistency",
+    "baselines.consistency:ConsistencyGenerator",
+    "LCM-style consistency distillation of the teacher (CFG-2 targets), multistep sampling",
+    steps=4,
+)
+register(
+    "consistency-ct",
+    "baselines.consistency:ConsistencyGenerator",
+    "consistency training without a teacher (re-noised data targets), multistep sampling",
+    steps=4,
+    method="ct",
+)
+register(
+    "progressive",
+    "baselines.distilled:DistilledGenerator",
+    "progressive distillation 16 -> 8 -> 4 Euler steps, guidance distilled in the first stage",
+    steps=4,
+    start_steps=16,
+)
+register(
+    "reflow",
+    "baselines.distilled:DistilledGenerator",
+    "rectified-flow reflow on the guided teacher's ODE pairs, Euler sampling",
+    steps=4,
+    method="reflow",
+)
+register(
+    "add",
+    "baselines.adversarial:AdversarialGenerator",
+    "adversarial diffusion distillation (hinge GAN on frozen teacher features + score distillation)",
+    steps=4,
+)
+for _name, _description in {
+    "lcm": "LCM-Dreamshaper-v7 from a local folder: 4 LCM steps, guidance 8 embedded",
+    "lcm-lora": "SDXL + LCM-LoRA from local folders: 4 LCM steps, no CFG",
+    "tcd": "SDXL + TCD LoRA from local folders: 4 TCD steps, eta 0.3",
+    "sdxl-turbo": "SDXL-Turbo (ADD) from a local folder: 4 steps at 512 px, no CFG",
+    "sdxl-lightning": "SDXL-Lightning 4-step from local folders: Euler, trailing timesteps",
+    "sd35-turbo": "SD3.5 Large Turbo from a local folder: 4 flow-matching Euler steps, no CFG",
+    "flux-schnell": "FLUX.1 [schnell] from a local folder: 4 steps, no CFG",
+}.items():
+    register(_name, "baselines.pretrained:PretrainedGenerator", _description, recipe=_name)

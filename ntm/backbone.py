@@ -9,6 +9,7 @@ the pooled caption modulate every block through adaLN-Zero.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -218,7 +219,8 @@ class DiT(nn.Module):
         p, g, ch = self.config.patch, self.grid, self.config.out_channels
         return h.reshape(b, g, g, ch, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, ch, g * p, g * p)
 
-    def forward(self, x: Tensor, times: Tensor, tokens: Tensor) -> Tensor:
+    def _embed(self, x: Tensor, times: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The blocks' inputs: joined [text; image] tokens, the modulation c and the attention mask."""
         times = times.reshape(x.shape[0], -1).to(x.dtype)
         if times.shape[1] != self.config.n_times:
             raise ValueError(f"expected {self.config.n_times} time input(s), got {times.shape[1]}")
@@ -230,7 +232,25 @@ class DiT(nn.Module):
         h = torch.cat([self.text_proj(text), img], dim=1)
         # Padding text tokens are never attended to; <bos> always is, so no row is fully masked.
         keep = torch.cat([tokens != PAD, torch.ones(img.shape[:2], dtype=torch.bool, device=x.device)], 1)
-        mask = keep[:, None, None, :]
+        return h, c, keep[:, None, None, :]
+
+    def features(self, x: Tensor, times: Tensor, tokens: Tensor, blocks: Sequence[int]) -> list[Tensor]:
+        """Image-token states (B, grid^2, width) after each block in `blocks` (0-based), in that order.
+
+        The same pass as `forward`, read before the output layer; blocks after the last one asked
+        for are not run. A frozen feature network for discriminators (ADD, Sauer et al., 2023, Sec. 3.2).
+        """
+        if not blocks or min(blocks) < 0 or max(blocks) >= len(self.blocks):
+            raise ValueError(f"blocks must be indices in [0, {len(self.blocks)}), got {list(blocks)}")
+        h, c, mask = self._embed(x, times, tokens)
+        hidden = []
+        for block in self.blocks[: max(blocks) + 1]:
+            h = block(h, c, mask)
+            hidden.append(h[:, tokens.shape[1] :])
+        return [hidden[i] for i in blocks]
+
+    def forward(self, x: Tensor, times: Tensor, tokens: Tensor) -> Tensor:
+        h, c, mask = self._embed(x, times, tokens)
         for block in self.blocks:
             h = block(h, c, mask)
         shift, scale = self.final_ada(c)[:, None].chunk(2, dim=-1)
