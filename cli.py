@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -40,7 +41,7 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except (UnknownNameError, ValueError, FileNotFoundError, NotImplementedError) as err:
-            errors.print(f"[bold red]error:[/bold red] {err}", highlight=False)
+            errors.print(f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False)
             raise typer.Exit(2) from None
 
     return run

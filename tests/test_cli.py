@@ -68,3 +68,12 @@ def test_distill_denoiser_command_caches_ntm_and_denoiser(preset_file, tmp_path)
     assert result.exit_code == 0, result.output
     names = sorted(p.name.split("-")[0] for p in (out / "checkpoints").iterdir())
     assert names == ["ntm", "ntm_denoiser"]
+
+
+def test_missing_pretrained_weights_name_the_download_and_the_preset_key(preset_file, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["eval", "--models", "sdxl-turbo", "--suites", "geneval", "--preset", str(preset_file), "--out", str(out)])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "stabilityai/sdxl-turbo" in text and '[model_options.sdxl-turbo] path = "/local/folder"' in text
+    assert not (out / "records").exists()
