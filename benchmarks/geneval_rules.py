@@ -58,12 +58,14 @@ def _describe(relations: set[str]) -> str:
     return " and ".join(sorted(relations)) if relations else "no clear relation to"
 
 
-def score(detections: list[Detection], meta: dict) -> tuple[bool, str]:
+def score(detections: list[Detection], meta: dict, ranked: bool = False) -> tuple[bool, str]:
     """Judge detections against one GenEval metadata row; returns (correct, reason).
 
     Detections are taken in the order given (the detector's confidence order). Where GenEval
     checks the colour of the top-`count` detections, this counts every detection of the class
-    with the required colour, since a rule-based detector has no confidence to rank by.
+    with the required colour, since a rule-based detector has no confidence to rank by. With
+    `ranked` (a detector whose order is its confidence), only the `count` first detections of the
+    class are checked for colour, as GenEval's `evaluate` does.
     """
     reasons = []
     groups: list[list[Detection] | None] = []
@@ -75,9 +77,10 @@ def score(detections: list[Detection], meta: dict) -> tuple[bool, str]:
             reasons.append(f"expected {count} {cls}, found {len(found)}")
         elif "color" in item:
             color = item["color"]
-            coloured = [d for d in found if d.color == color]
+            candidates = found[:count] if ranked else found
+            coloured = [d for d in candidates if d.color == color]
             if len(coloured) < count:
-                listing = ", ".join(f"{k} {c}" for c, k in Counter(d.color for d in found).items())
+                listing = ", ".join(f"{k} {c}" for c, k in Counter(d.color for d in candidates).items())
                 reasons.append(f"expected {count} {color} {cls}, found {len(coloured)} {color} (colours: {listing})")
             else:
                 group = coloured[:count]

@@ -1,27 +1,58 @@
-"""Figures (PNG, matplotlib): captioned image grids.
+"""Figures (PNG, matplotlib): captioned sample grids, quality against NFE, GenEval per category.
 
 Figures are drawn on their own Agg canvas, so importing this never changes the global backend.
+Each `*_figure` function builds a Figure from a summary frame (one row per model, as
+`benchmarks.tables.summary_frame` makes it) or returns None when the frame holds nothing to draw;
+`save_png` writes one atomically.
 """
 
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+QUALITY_AXES = {"geneval_overall": "GenEval overall (higher is better)", "fid": "FID (lower is better)"}
 
 
-def image_grid(images: np.ndarray, captions: Sequence[str], out: Path, columns: int = 8, title: str | None = None) -> Path:
-    """Save uint8 images (N, C, H, W) as a PNG grid, each titled with its wrapped caption; returns `out`."""
+def _figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig: Figure, out: Path, dpi: int = 100) -> Path:
+    """Write `fig` to `out` (temporary file + rename); returns `out`."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    tmp.replace(out)
+    return out
+
+
+def prompt_label(prompt: str, width: int = 20) -> str:
+    """A prompt as a grid caption: without the "a photo of " every GenEval prompt starts with, wrapped."""
+    return textwrap.fill(str(prompt).removeprefix("a photo of "), width)
+
+
+def grid_figure(images: np.ndarray, captions: Sequence[str], columns: int = 8, title: str | None = None) -> Figure:
+    """uint8 images (N, C, H, W) in a grid, each titled with its prompt."""
     n = len(images)
     columns = max(1, min(columns, n))
     rows = -(-n // columns)
-    fig = Figure(figsize=(1.7 * columns, 2.0 * rows + (0.4 if title else 0)))
-    FigureCanvasAgg(fig)
+    fig = _figure(1.7 * columns, 2.0 * rows + (0.4 if title else 0))
     for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
         ax = fig.add_subplot(rows, columns, i + 1)
         pixels = image.transpose(1, 2, 0)
@@ -29,15 +60,97 @@ def image_grid(images: np.ndarray, captions: Sequence[str], out: Path, columns: 
             ax.imshow(pixels[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         else:
             ax.imshow(pixels, interpolation="nearest")
-        ax.set_title(textwrap.fill(str(caption).removeprefix("a photo of "), 20), fontsize=7)
+        ax.set_title(prompt_label(caption), fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(out)
-    return out
+    return fig
+
+
+def image_grid(
+    images: np.ndarray, captions: Sequence[str], out: Path, columns: int = 8, title: str | None = None
+) -> Path:
+    """Save uint8 images (N, C, H, W) as a PNG grid, each titled with its wrapped prompt; returns `out`."""
+    return save_png(grid_figure(images, captions, columns, title), out)
+
+
+def _present(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _family_colours(frame: pd.DataFrame) -> dict[str, tuple]:
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"]
+    return {family: palette(i % 10) for i, family in enumerate(sorted(frame["family"].unique()))}
+
+
+def quality_vs_nfe_figure(frame: pd.DataFrame) -> Figure | None:
+    """One panel per quality metric present (GenEval overall, FID): each model a labelled point at its NFE.
+
+    The x axis (NFE) is logarithmic; reference rows (family "reference", NFE 0: the world's own
+    renders) cannot sit on it and are drawn as a dashed horizontal line, the ceiling or floor.
+    Error bars are the std over seeds where the frame has one.
+    """
+    metrics = [m for m in QUALITY_AXES if m in frame and frame[m].map(_present).any()]
+    if not metrics:
+        return None
+    colours = _family_colours(frame)
+    fig = _figure(5.0 * len(metrics), 4.0)
+    for j, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), j + 1)
+        ticks = set()
+        for _, row in frame[frame[metric].map(_present)].iterrows():
+            value, colour = float(row[metric]), colours[row["family"]]
+            if row["family"] == "reference" or row["nfe"] <= 0:
+                ax.axhline(value, color=colour, linestyle="--", linewidth=1)
+                ax.annotate(row["model"], (0.01, value), xycoords=("axes fraction", "data"), fontsize=7,
+                            color=colour, va="bottom")
+                continue
+            std = row.get(f"{metric}_std")
+            ax.errorbar(row["nfe"], value, yerr=float(std) if _present(std) else None, fmt="o", color=colour,
+                        capsize=3, label=row["family"])
+            ax.annotate(row["model"], (row["nfe"], value), xytext=(4, 4), textcoords="offset points", fontsize=7)
+            ticks.add(int(row["nfe"]))
+        ax.set_xscale("log")
+        if ticks:
+            ax.set_xticks(sorted(ticks), labels=[str(t) for t in sorted(ticks)])
+            ax.set_xlim(min(ticks) / 1.6, max(ticks) * 1.6)
+        ax.set_xlabel("NFE (network evaluations per image, log scale)")
+        ax.set_ylabel(QUALITY_AXES[metric])
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles, strict=True))
+        if unique:
+            ax.legend(unique.values(), unique.keys(), fontsize=7, title="family", title_fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def geneval_per_category_figure(frame: pd.DataFrame, tasks: Sequence[str]) -> Figure | None:
+    """Grouped bars: for each GenEval task (column `geneval_<task>`), one bar per model with a score."""
+    columns = [f"geneval_{t}" for t in tasks]
+    if not all(c in frame for c in columns):
+        return None
+    scored = frame[frame[columns].map(_present).any(axis=1)]
+    if scored.empty:
+        return None
+    fig = _figure(max(6.0, 1.2 * len(tasks) + 0.25 * len(scored) * len(tasks)), 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / len(scored)
+    x = np.arange(len(tasks))
+    for i, (_, row) in enumerate(scored.iterrows()):
+        values = [float(row[c]) if _present(row[c]) else math.nan for c in columns]
+        stds = [row.get(f"{c}_std") for c in columns]
+        errors = [float(s) if _present(s) else 0.0 for s in stds] if any(_present(s) for s in stds) else None
+        ax.bar(x - 0.4 + width * (i + 0.5), values, width, yerr=errors, capsize=2, label=row["model"])
+    ax.set_xticks(x, labels=[t.replace("_", " ") for t in tasks])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy")
+    ax.set_title("GenEval per category")
+    ax.legend(fontsize=7, title="model", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig

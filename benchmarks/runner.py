@@ -92,6 +92,9 @@ def evaluate(
     return written
 
 
+HEADLINE = ("geneval_overall", "nll_bpd", "fid", "kid", "clipscore", "img_per_s", "not_applicable")
+
+
 def _headline(metrics: dict) -> str:
-    shown = {k: v for k, v in metrics.items() if k in ("geneval_overall", "nll_bpd", "not_applicable")}
+    shown = {k: v for k, v in metrics.items() if k in HEADLINE}
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())

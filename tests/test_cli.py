@@ -4,6 +4,8 @@ import json
 
 from typer.testing import CliRunner
 
+from benchmarks.suites import available_suites
+from benchmarks.worlds import available_worlds
 from cli import app
 
 runner = CliRunner()
@@ -26,9 +28,9 @@ def test_listings():
 def test_unknown_names_exit_2_with_the_valid_names(tmp_path):
     cases = [
         (["eval", "--models", "nope", "--out", str(tmp_path / "a")], "unknown model 'nope'; available:"),
-        (["eval", "--models", "fm-teacher-4", "--suites", "fid2", "--out", str(tmp_path / "b")], "unknown suite 'fid2'; available: geneval, nll"),
+        (["eval", "--models", "fm-teacher-4", "--suites", "fid2", "--out", str(tmp_path / "b")], f"unknown suite 'fid2'; available: {', '.join(available_suites())}"),
         (["reproduce", "--preset", "huge", "--out", str(tmp_path / "c")], "unknown preset 'huge'; available:"),
-        (["worlds", "check", "planets"], "unknown world 'planets'; available: digits, shapes"),
+        (["worlds", "check", "planets"], f"unknown world 'planets'; available: {', '.join(available_worlds())}"),
         (["table", str(tmp_path / "empty")], "no records under"),
     ]
     for args, message in cases:
