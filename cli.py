@@ -5,6 +5,7 @@ Examples:
     ntm-bench eval --models fm-teacher-4,ground-truth --suites geneval --preset tiny --out runs/a
     ntm-bench table results/tiny
     ntm-bench worlds check shapes --res 16 --n 500 --json parser.json
+    ntm-bench assets build --world shapes --res 16
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from rich.table import Table
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 worlds_app = typer.Typer(help="Inspect the data worlds: list, check the scene parser, draw a grid.", no_args_is_help=True)
 app.add_typer(worlds_app, name="worlds")
+assets_app = typer.Typer(help="Build the evaluation assets that ship with the package (the worlds' eval-CLIPs).", no_args_is_help=True)
+app.add_typer(assets_app, name="assets")
 console = Console()
 errors = Console(stderr=True)
 
@@ -32,7 +35,8 @@ ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Sho
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn the errors a user can cause (bad names, files, options) into one red line and exit code 2."""
+    """Turn the errors a user can cause (bad names, files, options, an unwritable folder, a diverging loss)
+    into one red line and exit code 2."""
 
     @wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -40,7 +44,9 @@ def user_errors(fn: Callable) -> Callable:
 
         try:
             return fn(*args, **kwargs)
-        except (UnknownNameError, ValueError, FileNotFoundError, NotImplementedError) as err:
+        except (
+            UnknownNameError, ValueError, FileNotFoundError, NotImplementedError, PermissionError, FloatingPointError
+        ) as err:
             errors.print(f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False)
             raise typer.Exit(2) from None
 
@@ -151,6 +157,87 @@ def table(results_dir: Annotated[Path, typer.Argument(help="A results folder hol
     typer.echo(to_markdown(write_tables(results_dir)))
 
 
+@app.command("audit-likelihood")
+@user_errors
+def audit_likelihood(
+    preset: PresetOpt = "tiny",
+    out: Annotated[Path | None, typer.Option(help="Results folder (OUT/audit). Default: results/<preset>.")] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated model names. Default: the preset's.")] = None,
+    device: DeviceOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Audit the likelihood models: truth gap on the known-density gaussian world, estimators, OOD, typicality.
+
+    Models are trained as the preset says (on the gaussian world too, cached in OUT/checkpoints).
+    Writes OUT/audit/summary.md, summary.csv and plots; exits 1 if an NLL lies below the truth (a bug
+    in a bound, or a biased estimate). Example: ntm-bench audit-likelihood --preset tiny --models ntm,fm-teacher
+    """
+    from benchmarks.audit.run import run_audit
+    from benchmarks.presets import load_preset
+
+    p = load_preset(preset)
+    out = out or Path("results") / p.name
+    frame = run_audit(p, out, models=_split(models), device=device, progress=progress)
+    flagged = frame[frame["verdict"].str.startswith("below truth")]
+    console.print(f"wrote {out}/audit: summary.md, summary.csv, plots; {len(flagged)} of {len(frame)} below truth")
+    for row in flagged.itertuples():
+        line = f"[bold red]{escape(row.verdict)}:[/bold red] {escape(row.model)}, {escape(row.check)}"
+        errors.print(line, highlight=False)
+    if len(flagged):
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def doctor(
+    preset: PresetOpt = "tiny",
+    out: Annotated[Path | None, typer.Option(help="Results folder to check. Default: results/<preset>.")] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Check every input a preset needs, without loading weights or training: prints all problems, or "ready".
+
+    Checks the preset's keys, world (and a folder world's files), backbone, model names and options, local
+    weights (pretrained folders, geneval-real's detector and CLIP, fid's Inception file or eval-CLIP asset),
+    training budgets, devices and the results folder. Exits 2 when anything is missing.
+    Example: ntm-bench doctor --preset paper
+    """
+    from benchmarks.doctor import diagnose
+
+    diagnosis = diagnose(preset, out, device)
+    if not diagnosis.ready:
+        errors.print(f"[bold red]{len(diagnosis.problems)} problem(s)[/bold red] with preset {escape(diagnosis.preset)}:")
+        for problem in diagnosis.problems:
+            errors.print(f"- {escape(problem)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    console.print(f"ready: preset {escape(diagnosis.preset)}, results in {escape(str(diagnosis.out))}", highlight=False)
+
+
+@app.command()
+@user_errors
+def bench(
+    preset: PresetOpt = "tiny",
+    out: Annotated[Path | None, typer.Option(help="Results folder (OUT/bench.json, OUT/bench.md). Default: results/<preset>.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Held-out scenes in the one timed batch.")] = 16,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed rounds; every call is timed once per round.")] = 5,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed rounds first.")] = 1,
+    device: DeviceOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Speed-ups of NTM measured side by side on one batch: exact NLL vs the teacher's ODE NLL, ntm-fast vs
+    consistency at 4 steps, ntm-fast vs ntm.
+
+    Calls are interleaved round by round; each speed-up is the median over rounds. Models are trained (or found)
+    in OUT/checkpoints as the preset says. Example: ntm-bench bench --preset tiny --repeats 7
+    """
+    from benchmarks.bench import run_bench, to_markdown
+    from benchmarks.presets import load_preset
+
+    p = load_preset(preset)
+    out = out or Path("results") / p.name
+    typer.echo(to_markdown(run_bench(p, out, device, batch_size, repeats, warmup, progress=progress)))
+    console.print(f"wrote {out}/bench.json and bench.md")
+
+
 def _listing(title: str, rows: list[tuple[str, str]]) -> None:
     t = Table(title=title)
     t.add_column("name")
@@ -240,6 +327,32 @@ def worlds_show(
 
     show_grid(get_world(world, res), n, out, seed=seed)
     console.print(f"wrote {out}")
+
+
+@assets_app.command("build")
+@user_errors
+def assets_build(
+    world: Annotated[str, typer.Option(help="World name, e.g. shapes.")] = "shapes",
+    res: Annotated[int, typer.Option("--res", help="Resolution in pixels.")] = 16,
+    steps: Annotated[int | None, typer.Option(min=1, help="Training steps. Default: features.DEFAULT_STEPS.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the initial weights and the training scenes.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Folder to write. Default: the shipped benchmarks/assets/eval-clip-WORLD-RES.")] = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Train a world's evaluation CLIP from scratch on its train split and write it with its retrieval report.
+
+    The folder holds open_clip_config.json, open_clip_model.safetensors and report.json (held-out
+    image-to-caption accuracy). Example: ntm-bench assets build --world shapes --res 32
+    """
+    from benchmarks.features import DEFAULT_STEPS, asset_dir, build_eval_clip
+
+    folder = out or asset_dir(world, res)
+    report = build_eval_clip(world, res, folder, steps=steps or DEFAULT_STEPS, seed=seed, progress=progress)
+    console.print(
+        f"{world} @ {res}px: held-out retrieval accuracy {report['accuracy']:.4f} "
+        f"(caption text match {report['text_match_accuracy']:.4f}) on {report['images']} test images, "
+        f"{report['train_seconds']:.0f} s training; wrote {folder}"
+    )
 
 
 if __name__ == "__main__":

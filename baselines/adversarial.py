@@ -209,15 +209,35 @@ def make_add_loss(
     train: TrainConfig, generator: torch.Generator,
 ) -> Callable[[int], Tensor]:
     """`step_loss(step)` for `train_student`: a fresh discriminator with its own AdamW (the budget's lr)."""
-    width = teacher.teacher.net.config.width
-    discriminator = Discriminator(width, len(options.feature_blocks)).to(ctx.device)
-    d_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    return AddObjective(ctx, options, student, teacher, train, generator)
 
-    def step_loss(step: int) -> Tensor:
-        x0, captions = student_batch(ctx, train, step)
-        return add_loss(student, teacher, discriminator, d_optimizer, x0, captions, options, generator)
 
-    return step_loss
+class AddObjective:
+    """ADD's per-step loss with its discriminator and the discriminator's optimiser (saved on resume)."""
+
+    def __init__(
+        self, ctx: BuildContext, options: AdversarialOptions, student: FlowMatchingTeacher, teacher: CountingTeacher,
+        train: TrainConfig, generator: torch.Generator,
+    ) -> None:
+        self.ctx, self.options, self.student, self.teacher, self.train, self.generator = (
+            ctx, options, student, teacher, train, generator
+        )
+        width = teacher.teacher.net.config.width
+        self.discriminator = Discriminator(width, len(options.feature_blocks)).to(ctx.device)
+        self.d_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+
+    def state_dict(self) -> dict:
+        return {"discriminator": self.discriminator.state_dict(), "optimizer": self.d_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.d_optimizer.load_state_dict(state["optimizer"])
+
+    def __call__(self, step: int) -> Tensor:
+        x0, captions = student_batch(self.ctx, self.train, step)
+        return add_loss(
+            self.student, self.teacher, self.discriminator, self.d_optimizer, x0, captions, self.options, self.generator
+        )
 
 
 class AdversarialGenerator(StudentGenerator):

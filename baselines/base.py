@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,7 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from benchmarks.locking import exclusive
 from ntm.checkpoint import is_saved
+from ntm.train import checkpointing, weights_recipe
 
 ESTIMATORS = ("exact", "elbo", "iwae", "ode")
 TARGETS = ("trajectory", "data")
@@ -150,8 +154,38 @@ class BuildContext:
         return dict(self.train[recipe])
 
     def checkpoint(self, recipe: str, config: Mapping[str, Any], train_fn: Callable[[Path], None]) -> Path:
-        """The folder of the model `recipe` trained with `config`, training it first if not cached."""
-        directory = self.checkpoint_root / f"{recipe}-{stable_hash(config)[:12]}"
+        """The folder of the model `recipe` trained with `config`, training it first if not cached.
+
+        The folder is named by the hash of `config` without resume-only knobs (`ntm.train.weights_recipe`).
+        Training holds an exclusive lock on that name, so a second run asking for the same model waits and
+        then finds it cached. Every `fit` inside `train_fn` checkpoints into the `<folder>.partial` sibling
+        and resumes from it, so a killed run loses at most `checkpoint_every` steps; the sibling is removed
+        once the final folder is saved (and kept when training fails, e.g. on a non-finite loss).
+        """
+        directory = self.checkpoint_root / f"{recipe}-{stable_hash(weights_recipe(config))[:12]}"
+        partial = directory.with_name(f"{directory.name}.partial")
+
+        def waiting() -> None:
+            print(f"another run is training {directory.name}; waiting for it", file=sys.stderr)
+
         if not is_saved(directory):
-            train_fn(directory)
+            with exclusive(self.checkpoint_root / f"{directory.name}.lock", waiting):
+                if not is_saved(directory):
+                    _remove_temporaries(directory, partial)
+                    with checkpointing(partial):
+                        train_fn(directory)
+                    if not is_saved(directory):
+                        raise RuntimeError(f"training {recipe!r} returned without saving {directory}")
+        shutil.rmtree(partial, ignore_errors=True)  # also what a run killed between saving and this line left
         return directory
+
+
+def _remove_temporaries(directory: Path, partial: Path) -> None:
+    """Delete what a run killed while writing `directory` or a training checkpoint left: hidden temporaries
+    (`.<name>.*`, see `ntm.checkpoint.save_pretrained` and `ntm.train`). Called under the folder's lock."""
+    stale = list(directory.parent.glob(f".{directory.name}.*")) + (list(partial.glob(".*")) if partial.is_dir() else [])
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

@@ -171,6 +171,12 @@ class ConsistencyObjective:
         self.target = copy.deepcopy(student).eval().requires_grad_(False)
         self.grid = time_grid(options.intervals, options.shift)
 
+    def state_dict(self) -> dict:
+        return {"target": self.target.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.target.load_state_dict(state["target"])
+
     def __call__(self, step: int) -> Tensor:
         o = self.options
         update_target(self.target, self.student, o.target_ema)

@@ -114,6 +114,14 @@ class ProgressiveLoss:
         self.teacher.teacher = frozen
         self.stage = stage
 
+    def state_dict(self) -> dict:
+        """The stage; a later stage's frozen teacher is saved with the CountingTeacher that wraps it."""
+        return {"stage": self.stage}
+
+    def load_state_dict(self, state: dict) -> None:
+        # the wrapped network is loaded with the saved stage teacher's weights by the CountingTeacher's own state
+        self.stage = state["stage"]
+
     def __call__(self, step: int) -> Tensor:
         stage = stage_of(step, self.train.steps, len(self.plan))
         if stage != self.stage:

@@ -51,7 +51,7 @@ def train_teacher(ctx: BuildContext) -> Path:
             x0, captions = training_batch(world, step, train.batch_size, train.seed, train.cfg_dropout, ctx.device)
             return model.loss(x0, model.encode_text(captions), gen).mean()
 
-        ema, stats = fit(model, step_loss, train, f"train {RECIPE}", ctx.progress)
+        ema, stats = fit(model, step_loss, train, f"train {RECIPE}", ctx.progress, state={"noise": gen})
         ema.save_pretrained(
             directory, train=train.__dict__, stats=stats.__dict__, world=recipe["world"], training=budget(ctx, train, 0)
         )

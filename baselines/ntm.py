@@ -85,7 +85,7 @@ def train_ntm(
             return loss.float()
 
         name = "ntm" if transporter else "ntm-no-transporter"
-        ema, stats = fit(model, step_loss, train, f"train {name}", ctx.progress)
+        ema, stats = fit(model, step_loss, train, f"train {name}", ctx.progress, state={"noise": gen})
         spent = 0 if teacher is None else teacher.calls
         ema.save_pretrained(
             directory, train=train.__dict__, stats=stats.__dict__, init=init, world=recipe["world"],
@@ -178,7 +178,7 @@ def train_denoiser(ctx: BuildContext, ntm_dir: Path, guidance: float, depth: int
             null = model.encode_text([""] * len(captions))
             return distillation_loss(denoiser, model, tokens, gen, null, guidance).mean().float()
 
-        ema, stats = fit(denoiser, step_loss, train, "distill ntm denoiser", ctx.progress)
+        ema, stats = fit(denoiser, step_loss, train, "distill ntm denoiser", ctx.progress, state={"noise": gen})
         ema.save_pretrained(directory, train=train.__dict__, stats=stats.__dict__, ntm=recipe["ntm"])
 
     return ctx.checkpoint(DENOISER_RECIPE, recipe, run)

@@ -68,7 +68,8 @@ def train_student(
 
     `make_loss(student, teacher, train, generator)` returns `step_loss(step)` for `ntm.train.fit`;
     `student` starts as a copy of the teacher, `teacher` is frozen and counts its forward passes.
-    `options` (the method's own knobs) join the cache key and the saved metadata.
+    `options` (the method's own knobs) join the cache key and the saved metadata. A `step_loss` with
+    its own state (a target network, a discriminator) exposes `state_dict`/`load_state_dict`.
     """
     train = TrainConfig.from_dict(ctx.train_config(recipe))
     teacher_dir = train_teacher(ctx)
@@ -81,7 +82,10 @@ def train_student(
         torch.manual_seed(train.seed)
         gen = torch.Generator().manual_seed(train.seed)
         step_loss = make_loss(student, teacher, train, gen)
-        ema, stats = fit(student, step_loss, train, description, ctx.progress)
+        # everything a resumed run needs to continue to the bit: the noise generator, the teacher's
+        # pass count (and a progressive stage teacher's weights), the loss's own state if it has one
+        state = {"noise": gen, "teacher": teacher} | ({"loss": step_loss} if hasattr(step_loss, "state_dict") else {})
+        ema, stats = fit(student, step_loss, train, description, ctx.progress, state=state)
         ema.save_pretrained(
             directory, train=train.__dict__, stats=stats.__dict__, method=recipe, options=options,
             training=budget(ctx, train, teacher.calls),

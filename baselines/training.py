@@ -46,6 +46,12 @@ class CountingTeacher(nn.Module):
         self.teacher = teacher
         self.calls = 0
 
+    def get_extra_state(self) -> dict:
+        return {"calls": self.calls}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.calls = int(state["calls"])
+
     def forward(self, x: Tensor, t: Tensor, tokens: Tensor) -> Tensor:
         self.calls += x.shape[0]
         return self.teacher(x, t, tokens)

@@ -37,6 +37,8 @@ class FeatureNet:
     name: str
     weights_hash: str
     embed: Callable[[np.ndarray], np.ndarray]
+    accuracy: float | None = None
+    """The network's own measured accuracy as a ruler (eval-CLIP: held-out retrieval top-1), if known."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,8 @@ def eval_clip_net(world: str, resolution: int, device: torch.device | str) -> Fe
     from benchmarks.features import load_eval_clip
 
     clip = load_eval_clip(world, resolution, device)
-    return FeatureNet("eval-clip", clip.weights_hash, lambda images: _numpy_features(clip.image_features(images)))
+    embed = lambda images: _numpy_features(clip.image_features(images))  # noqa: E731
+    return FeatureNet("eval-clip", clip.weights_hash, embed, clip.report.get("retrieval_accuracy"))
 
 
 def find_inception(path: str | Path | None) -> Path:

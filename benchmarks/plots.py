@@ -9,6 +9,8 @@ Each `*_figure` function builds a Figure from a summary frame (one row per model
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,9 +38,15 @@ def save_png(fig: Figure, out: Path, dpi: int = 100) -> Path:
     """Write `fig` to `out` (temporary file + rename); returns `out`."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    tmp.replace(out)
+    # a unique temporary name: two processes building the same tables never share one
+    fd, name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".png", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -2,16 +2,21 @@
 
 Every file is written atomically (temporary file + rename), and the summary is written last, so
 its presence marks a finished piece: an interrupted run redoes only unfinished pieces and a
-finished one is never recomputed. Tables and plots are built from these files alone.
+finished one is never recomputed. Writes hold the store's lock (`benchmarks.locking`), so two runs
+sharing a folder write each piece once. Files are byte-identical across runs of the same command
+(the artifact archive carries no timestamps); only the summary's `wall_s` measures the run.
+Tables and plots are built from these files alone.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
 import subprocess
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -21,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from baselines.base import GeneratorSpec
+from benchmarks.locking import exclusive
 
 PACKAGES = ("ntm-bench", "torch", "numpy", "diffusers", "transformers", "clean-fid", "torchmetrics", "open_clip_torch")
 
@@ -41,6 +47,32 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def ensure_writable(directory: str | Path) -> None:
+    """Create `directory` and write a probe file in it; PermissionError naming the folder if that fails."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise PermissionError(
+            f"results folder {directory} is not writable ({err.strerror or err}); "
+            "pass --out with a folder you can write to"
+        ) from None
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A compressed .npz (what np.load reads) whose bytes depend only on the arrays: fixed entry timestamps."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in sorted(arrays):
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(entry, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(arrays[name]), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def _git_commit() -> str:
@@ -93,18 +125,44 @@ class RecordStore:
     def has(self, key: RecordKey) -> bool:
         return self._path(key, "summary.json").is_file()
 
-    def write(self, key: RecordKey, rows: list[dict], summary: dict, artifacts: dict[str, np.ndarray]) -> None:
-        atomic_write_text(self._path(key, "rows.jsonl"), "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-        if artifacts:
-            with tempfile.TemporaryFile() as buf:
-                np.savez_compressed(buf, **artifacts)
-                buf.seek(0)
-                atomic_write_bytes(self._path(key, "artifacts.npz"), buf.read())
-        atomic_write_text(self._path(key, "summary.json"), json.dumps(summary, indent=2, sort_keys=True))
+    def write(
+        self, key: RecordKey, rows: list[dict], summary: dict, artifacts: dict[str, np.ndarray], replace: bool = True
+    ) -> bool:
+        """Write one piece (rows, artifacts, then the summary that marks it finished) under the store's lock.
+
+        With `replace=False` a piece already recorded (by another run, meanwhile) is left as it is and False
+        returned. Temporaries a killed run left for this piece are removed first.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        with exclusive(self.root / "records.lock"):
+            if not replace and self.has(key):
+                return False
+            for suffix in ("rows.jsonl", "artifacts.npz", "summary.json"):
+                path = self._path(key, suffix)
+                for stale in path.parent.glob(f".{path.name}.*"):
+                    stale.unlink(missing_ok=True)
+            lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+            atomic_write_text(self._path(key, "rows.jsonl"), lines)
+            if artifacts:
+                atomic_write_bytes(self._path(key, "artifacts.npz"), npz_bytes(artifacts))
+            atomic_write_text(self._path(key, "summary.json"), json.dumps(summary, indent=2, sort_keys=True))
+        return True
 
     def summaries(self) -> Iterator[dict]:
         for path in sorted(self.root.glob("*/*.summary.json")):
-            yield json.loads(path.read_text())
+            try:
+                yield json.loads(path.read_text())
+            except json.JSONDecodeError as err:
+                fix = "delete it and re-run to recompute that piece"
+                raise ValueError(f"record {path} is not valid JSON ({err}); {fix}") from None
+
+    def other_versions(self, suite: str, version: str) -> dict[str, list[str]]:
+        """Records of `suite` at a version other than `version`: version -> record names."""
+        found: dict[str, list[str]] = {}
+        for summary in self.summaries():
+            if summary.get("suite") == suite and str(summary.get("suite_version")) != str(version):
+                found.setdefault(str(summary.get("suite_version")), []).append(summary["record"])
+        return found
 
     def rows(self, summary: dict) -> list[dict]:
         path = self.root / f"{summary['record']}.rows.jsonl"

@@ -5,16 +5,18 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
+from torch import Tensor
 
 import benchmarks.reference  # noqa: F401  (registers the reference rows)
-from baselines.base import BuildContext, Generator
+from baselines.base import BuildContext, Generator, GeneratorSpec
 from baselines.registry import build, get_entry
 from benchmarks.presets import Preset
-from benchmarks.records import RecordStore, protocol
-from benchmarks.suites import NotApplicable, SuiteResult, get_suite
+from benchmarks.records import RecordStore, ensure_writable, protocol
+from benchmarks.suites import NotApplicable, Suite, SuiteResult, get_suite
 from benchmarks.worlds import get_world
 
 console = Console(stderr=True)
@@ -31,7 +33,7 @@ def resolve_device(name: str) -> torch.device:
 
 def build_context(preset: Preset, out_dir: Path, device: str | None = None, progress: bool = True) -> BuildContext:
     """The world, device, budgets and checkpoint cache (OUT/checkpoints) models of `preset` are built in."""
-    world = get_world(preset.world, preset.resolution)
+    world = get_world(preset.world, preset.resolution, **preset.world_options)
     dev = resolve_device(device or preset.device)
     torch.set_float32_matmul_precision("high")
     return BuildContext(world, dev, Path(out_dir) / "checkpoints", preset.backbone, preset.train, progress)
@@ -40,7 +42,9 @@ def build_context(preset: Preset, out_dir: Path, device: str | None = None, prog
 def train(preset: Preset, out_dir: Path, model: str, device: str | None = None, progress: bool = True, **options) -> Generator:
     """Build `model` as `preset` configures it (training its weights if not cached), with `options` on top."""
     get_entry(model)
-    return build(model, build_context(preset, out_dir, device, progress), **(preset.model_options.get(model, {}) | options))
+    ctx = build_context(preset, out_dir, device, progress)
+    ensure_writable(out_dir)
+    return build(model, ctx, **(preset.model_options.get(model, {}) | options))
 
 
 def evaluate(
@@ -53,9 +57,10 @@ def evaluate(
 ) -> list[dict]:
     """Score `models` (default: the preset's) on `suites` for every seed; returns the new summaries.
 
-    Every name is checked before any work starts. A (model spec, suite version, seed) piece whose
-    record exists is skipped, so re-running a finished command does nothing and an interrupted
-    one picks up where it stopped.
+    Every name, the folder's suite versions and its writability are checked before any work starts.
+    A (model spec, suite version, seed) piece whose record exists is skipped, so re-running a finished
+    command does nothing and an interrupted one picks up where it stopped; a piece another run recorded
+    meanwhile is not written twice. Every generator's images are checked against the protocol.
     """
     models = list(models or preset.models)
     suites = [get_suite(name, preset.suite_options.get(name)) for name in (suites or preset.suites)]
@@ -64,10 +69,12 @@ def evaluate(
     ctx = build_context(preset, out_dir, device, progress)
     world, out_dir = ctx.world, Path(out_dir)
     store = RecordStore(out_dir / "records")
+    check_suite_versions(store, suites)
+    ensure_writable(out_dir)
     proto = protocol(str(ctx.device))
     written = []
     for name in models:
-        generator = build(name, ctx, **preset.model_options.get(name, {}))
+        generator = CheckedGenerator(build(name, ctx, **preset.model_options.get(name, {})), world)
         for suite in suites:
             for seed in preset.seeds:
                 key = store.key(generator.spec, suite.name, suite.version, seed)
@@ -86,10 +93,60 @@ def evaluate(
                     "seed": seed, "preset": preset.name, "world": preset.world, "resolution": preset.resolution,
                     "metrics": result.metrics, "wall_s": time.perf_counter() - start, "protocol": proto,
                 }
-                store.write(key, result.rows, summary, result.artifacts)
+                if not store.write(key, result.rows, summary, result.artifacts, replace=False):
+                    console.print(f"[dim]{name} / {suite.name} / seed {seed}: recorded by another run meanwhile[/dim]")
+                    continue
                 written.append(summary)
                 console.print(f"{name} / {suite.name} / seed {seed}: {_headline(result.metrics)}")
     return written
+
+
+def check_suite_versions(store: RecordStore, suites: Sequence[Suite]) -> None:
+    """Refuse to add records to a folder holding records of another version of the same suite."""
+    for suite in suites:
+        other = store.other_versions(suite.name, suite.version)
+        if other:
+            found = "; ".join(f"v{v}: {len(names)} record(s), e.g. {names[0]}" for v, names in sorted(other.items()))
+            raise ValueError(
+                f"{store.root} holds {suite.name!r} records of another suite version ({found}) but this code's "
+                f"{suite.name!r} is v{suite.version}; versions are not comparable. Use a new --out folder, or "
+                f"move the old {suite.name}.v* records out of {store.root}."
+            )
+
+
+def expected_image_shape(spec: GeneratorSpec, world: Any) -> tuple[int, int, int]:
+    """(C, H, W) a generator must return: the world's, or RGB at the height and width its spec declares
+    (published models sample at their own size)."""
+    settings = spec.settings
+    if "height" in settings and "width" in settings:
+        return 3, int(settings["height"]), int(settings["width"])
+    return world.channels, world.resolution, world.resolution
+
+
+class CheckedGenerator(Generator):
+    """A generator whose `sample` output is checked against the protocol: uint8 (len(prompts), C, H, W)."""
+
+    def __init__(self, inner: Generator, world: Any) -> None:
+        self.inner, self.spec, self.capabilities = inner, inner.spec, inner.capabilities
+        self.shape = expected_image_shape(inner.spec, world)
+
+    def sample(self, prompts: Sequence[str], seeds: Sequence[int], steps: int | None = None) -> Tensor:
+        images = self.inner.sample(prompts, seeds) if steps is None else self.inner.sample(prompts, seeds, steps)
+        shape = (len(prompts), *self.shape)
+        got = tuple(images.shape) if isinstance(images, Tensor) else None
+        if got != shape or images.dtype != torch.uint8:
+            what = f"{images.dtype} {got}" if got is not None else type(images).__name__
+            raise ValueError(
+                f"{self.spec.name}.sample returned {what} for {len(prompts)} prompts; the protocol is a uint8 tensor "
+                f"(N, C, H, W) = {shape}. Fix the adapter's sample() (channels first, this world's size)."
+            )
+        return images
+
+    def log_likelihood(self, x: Tensor, prompts: Sequence[str], seeds: Sequence[int]) -> Any:
+        return self.inner.log_likelihood(x, prompts, seeds)
+
+    def trajectory_log_likelihood(self, x: Tensor, prompts: Sequence[str], seeds: Sequence[int]) -> Any:
+        return self.inner.trajectory_log_likelihood(x, prompts, seeds)
 
 
 HEADLINE = ("geneval_overall", "nll_bpd", "fid", "kid", "clipscore", "img_per_s", "not_applicable")

@@ -150,8 +150,13 @@ def protocol_summary(summaries: Iterable[dict]) -> dict[str, Any]:
     summaries = list(summaries)
     proto = [s.get("protocol") or {} for s in summaries]
     suites: dict[str, dict[str, Any]] = {}
-    keyed: dict[str, dict[str, list]] = {"feature_networks": {}, "reference_sets": {}, "reference_floors": {}}
-    suffixes = {"feature_networks": "_feature_hash", "reference_sets": "_reference", "reference_floors": "_floor"}
+    keyed: dict[str, dict[str, list]] = {
+        "feature_networks": {}, "ruler_accuracy": {}, "reference_sets": {}, "reference_floors": {}
+    }
+    suffixes = {
+        "feature_networks": "_feature_hash", "ruler_accuracy": "_feature_accuracy",
+        "reference_sets": "_reference", "reference_floors": "_floor",
+    }
     for name in sorted({s["suite"] for s in summaries}):
         mine = [s for s in summaries if s["suite"] == name]
         counts = [v for s in mine for k, v in s["metrics"].items() if k.endswith("_images")]
@@ -166,6 +171,12 @@ def protocol_summary(summaries: Iterable[dict]) -> dict[str, Any]:
             for group, suffix in suffixes.items():
                 if k.endswith(suffix) and v is not None:
                     keyed[group].setdefault(k, []).append(v)
+    # the GenEval-style ruler: the world's parser scoring the world's own renders of the suite's prompts
+    for s in summaries:
+        if s["suite"] == "geneval" and s["model"] == "ground-truth":
+            keyed["ruler_accuracy"].setdefault("parser (geneval_overall on ground-truth renders)", []).append(
+                s["metrics"].get("geneval_overall")
+            )
     packages = sorted({p for r in proto for p in r.get("packages", {})})
     info: dict[str, Any] = {
         "records": len(summaries),
@@ -229,8 +240,11 @@ def protocol_markdown(info: dict[str, Any]) -> str:
         f"- world: {_values(info['worlds'])}",
         f"- suites: {suites}",
     ]
-    for group, title in (("feature_networks", "feature networks"), ("reference_sets", "reference sets"),
-                         ("reference_floors", "real-vs-real floors")):
+    groups = (
+        ("feature_networks", "feature networks"), ("ruler_accuracy", "ruler accuracy"),
+        ("reference_sets", "reference sets"), ("reference_floors", "real-vs-real floors"),
+    )
+    for group, title in groups:
         if info[group]:
             lines.append(f"- {title}: " + "; ".join(f"{k} {_values(vs)}" for k, vs in info[group].items()))
     lines += [

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 WEIGHTS = "model.safetensors"
@@ -43,10 +44,17 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu", k
             f"{directory} is not a saved model: missing {', '.join(missing)}. "
             "Pass a folder written by save_pretrained (or train one with `ntm-bench reproduce`)."
         )
-    config = json.loads((directory / CONFIG).read_text())
+    fix = "delete the folder to retrain it (a cached checkpoint) or copy it again (a given path)"
+    try:
+        config = json.loads((directory / CONFIG).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{directory / CONFIG} is not valid JSON ({err}): the folder is damaged; {fix}") from None
     if kind is not None and config.get("kind") != kind:
-        raise ValueError(f"{directory} holds a {config.get('kind')!r} model, not a {kind!r}")
-    return load_file(directory / WEIGHTS, device=str(device)), config
+        raise ValueError(f"{directory} holds a {config.get('kind')!r} model, not a {kind!r}; pass a {kind!r} folder")
+    try:
+        return load_file(directory / WEIGHTS, device=str(device)), config
+    except SafetensorError as err:
+        raise ValueError(f"{directory / WEIGHTS} is truncated or not a safetensors file ({err}); {fix}") from None
 
 
 def read_metadata(directory: str | Path) -> dict[str, Any]:
@@ -92,5 +100,12 @@ class PretrainedMixin:
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> Self:
         state, config = load_pretrained(directory, kind=cls.KIND)
         model = cls.from_config(config)
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            problem = " ".join(str(err).split())[:300]
+            raise ValueError(
+                f"the weights in {directory} do not fit the {cls.KIND!r} model its {CONFIG} describes ({problem}); "
+                "the folder mixes files of different models: delete it to retrain it, or pass a matching folder"
+            ) from None
         return model.to(device).eval()

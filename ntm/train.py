@@ -1,21 +1,56 @@
-"""One training loop for every method: AdamW, linear warm-up, clipping, and a warmed-up EMA."""
+"""One training loop for every method: AdamW, linear warm-up, clipping, a warmed-up EMA, and resumable state.
+
+A `fit` started inside `checkpointing(folder)` writes its whole state (model, optimiser, scheduler, EMA,
+step, losses, the torch RNG states and the caller's extra state such as its noise generator) into that
+folder every `checkpoint_every` steps, atomically; a later `fit` of the same recipe in the same folder
+resumes from it. A run killed at any point and restarted therefore ends with the same weights, to the bit,
+as an uninterrupted one.
+"""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import io
+import math
+import os
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
+RESUME_ONLY = ("checkpoint_every",)
+"""TrainConfig fields that change how a run is checkpointed, never its weights: left out of recipe hashes."""
+
+_BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "steps": (lambda v: v >= 1, ">= 1"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "lr": (lambda v: v > 0, "> 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "warmup": (lambda v: v >= 0, ">= 0"),
+    "ema_decay": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "grad_clip": (lambda v: v > 0, "> 0"),
+    "cfg_dropout": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "seed": (lambda v: v >= 0, ">= 0"),
+    "checkpoint_every": (lambda v: v >= 0, ">= 0 (0 turns training checkpoints off)"),
+}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A training budget; every method trained in one preset gets the same one unless it says so."""
+    """A training budget; every method trained in one preset gets the same one unless it says so.
+
+    `checkpoint_every` is the training-checkpoint cadence in optimiser steps (0: none). It does not change
+    the weights, so recipe hashes leave it out (`weights_recipe`) and cached models stay valid.
+    """
 
     steps: int = 1000
     batch_size: int = 64
@@ -26,14 +61,42 @@ class TrainConfig:
     grad_clip: float = 1.0
     cfg_dropout: float = 0.1
     seed: int = 0
+    checkpoint_every: int = 200
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            integer = f.type == "int"
+            wanted = (int,) if integer else (int, float)
+            if isinstance(value, bool) or not isinstance(value, wanted):
+                kind = "an integer" if integer else "a number"
+                raise ValueError(f"training option {f.name} = {value!r} must be {kind}, e.g. {f.name} = {f.default}")
+            check, bound = _BOUNDS[f.name]
+            if not (math.isfinite(value) and check(value)):
+                raise ValueError(f"training option {f.name} = {value!r} must be {bound}")
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown training option(s) {unknown}; valid: {sorted(known)}")
         return cls(**d)
+
+    def weights_recipe(self) -> dict[str, Any]:
+        """The fields that shape the weights: what a cache key and a training checkpoint are checked against."""
+        return {k: v for k, v in self.__dict__.items() if k not in RESUME_ONLY}
+
+
+def weights_recipe(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """A model recipe (`{"train": train.__dict__, ...}`) without the resume-only training knobs.
+
+    Hashing this keeps every cache key what it was before `checkpoint_every` existed.
+    """
+    out = dict(recipe)
+    if isinstance(out.get("train"), Mapping):
+        out["train"] = {k: v for k, v in out["train"].items() if k not in RESUME_ONLY}
+    return out
 
 
 @dataclass(frozen=True)
@@ -49,32 +112,147 @@ def ema_decay(step: int, decay: float) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
+@dataclass
+class _Scope:
+    directory: Path
+    fits: int = 0
+
+
+_SCOPE: ContextVar[_Scope | None] = ContextVar("ntm_training_checkpoints", default=None)
+
+
+@contextmanager
+def checkpointing(directory: str | Path) -> Iterator[Path]:
+    """Inside this block, every `fit` keeps its training checkpoint in `directory` (the n-th fit in
+    `fit-n.pt`) and resumes from it when it is there."""
+    token = _SCOPE.set(_Scope(Path(directory)))
+    try:
+        yield Path(directory)
+    finally:
+        _SCOPE.reset(token)
+
+
+def _claim_checkpoint_path() -> Path | None:
+    scope = _SCOPE.get()
+    if scope is None:
+        return None
+    path = scope.directory / f"fit-{scope.fits}.pt"
+    scope.fits += 1
+    return path
+
+
+def _get_state(obj: Any) -> Any:
+    return obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
+
+
+def _set_state(obj: Any, value: Any) -> None:
+    if isinstance(obj, torch.Generator):
+        obj.set_state(value)
+    else:
+        obj.load_state_dict(value)
+
+
+def _rng_state() -> dict[str, Any]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def _save(path: Path, payload: dict[str, Any]) -> None:
+    """torch.save into a temporary sibling, fsync, rename: the checkpoint is either the old one or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _restore(
+    path: Path, config: TrainConfig, modules: Mapping[str, Any], state: Mapping[str, Any]
+) -> tuple[int, list[float]]:
+    """Load a training checkpoint into `modules` and `state`; (next step, losses so far)."""
+    fix = f"delete {path} to train this model from step 0"
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: torch raises several kinds
+        raise ValueError(f"training checkpoint {path} is unreadable ({type(err).__name__}: {err}); {fix}") from None
+    if payload.get("config") != config.weights_recipe():
+        raise ValueError(
+            f"training checkpoint {path} was written for another training budget "
+            f"({payload.get('config')}, not {config.weights_recipe()}); {fix}"
+        )
+    if set(payload["state"]) != set(state):
+        held = sorted(payload["state"])
+        raise ValueError(f"training checkpoint {path} holds state {held}, this run has {sorted(state)}; {fix}")
+    try:
+        for name, module in modules.items():
+            module.load_state_dict(payload[name])
+    except (RuntimeError, ValueError, KeyError) as err:
+        problem = " ".join(str(err).split())[:300]
+        raise ValueError(f"training checkpoint {path} does not fit this model ({problem}); {fix}") from None
+    for name, obj in state.items():
+        _set_state(obj, payload["state"][name])
+    torch.set_rng_state(payload["rng"]["torch"])
+    if payload["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+    return int(payload["step"]), list(payload["losses"])
+
+
+def _nonfinite(description: str, value: float, step: int, path: Path | None, saved: int) -> str:
+    where = (
+        f"the last good training checkpoint (step {saved}) is kept in {path}"
+        if path is not None and saved > 0
+        else "no training checkpoint was written before it"
+    )
+    return (
+        f"{description}: the loss is {value} at step {step}; training stopped and {where}. "
+        "Lower lr, raise warmup or lower grad_clip in the preset's [train.*] table and run again."
+    )
+
+
 def fit(
     model: nn.Module,
     step_loss: Callable[[int], Tensor],
     config: TrainConfig,
     description: str = "training",
     progress: bool = True,
+    state: Mapping[str, Any] | None = None,
 ) -> tuple[nn.Module, TrainStats]:
     """Minimise `step_loss(step)` (a scalar for batch number `step`); returns the EMA model and stats.
 
     The loop itself draws no random numbers: the caller seeds the model's initialisation and
-    `step_loss` draws its batch from `step`, so a run is a function of its recipe.
+    `step_loss` draws its batch from `step`, so a run is a function of its recipe. Anything else the
+    loss advances as it runs belongs in `state` (name -> torch.Generator, or an object with
+    state_dict/load_state_dict such as a discriminator's optimiser): it is saved with each training
+    checkpoint and restored on resume (checkpoints are written only inside `checkpointing`). A
+    non-finite loss stops training (FloatingPointError naming the step) before it reaches the
+    weights; the last training checkpoint is kept.
     """
+    state = dict(state or {})
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup)))
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    modules = {"model": model, "ema": ema, "optimizer": opt, "scheduler": sched}
+    path = _claim_checkpoint_path()
+    start, losses = _restore(path, config, modules, state) if path is not None and path.is_file() else (0, [])
+    saved = start
     model.train()
-    losses: list[float] = []
-    start = time.perf_counter()
+    began = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
     with Progress(*columns, disable=not progress, transient=True) as bar:
-        task = bar.add_task(description, total=config.steps, loss=float("nan"))
-        for step in range(config.steps):
+        task = bar.add_task(description, total=config.steps, completed=start, loss=float("nan"))
+        for step in range(start, config.steps):
             loss = step_loss(step)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"{description}: loss is {loss.item()} at step {step}")
+                raise FloatingPointError(_nonfinite(description, loss.item(), step, path, saved))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -86,7 +264,17 @@ def fit(
                     pe.lerp_(pm.detach(), 1 - d)
             losses.append(loss.item())
             bar.update(task, advance=1, loss=sum(losses[-50:]) / len(losses[-50:]))
-    wall = time.perf_counter() - start
+            done = step + 1
+            every = config.checkpoint_every
+            if path is not None and every and done % every == 0 and done < config.steps:
+                payload = {name: m.state_dict() for name, m in modules.items()}
+                payload |= {
+                    "config": config.weights_recipe(), "step": done, "losses": losses, "rng": _rng_state(),
+                    "state": {name: _get_state(obj) for name, obj in state.items()},
+                }
+                _save(path, payload)
+                saved = done
+    wall = max(time.perf_counter() - began, 1e-9)
     tail = losses[-max(1, len(losses) // 10) :]
-    stats = TrainStats(config.steps, sum(tail) / len(tail), wall, config.steps * config.batch_size / wall)
+    stats = TrainStats(config.steps, sum(tail) / len(tail), wall, (config.steps - start) * config.batch_size / wall)
     return ema, stats

@@ -233,6 +233,7 @@ class TinyClip:
         dim = 3 * resolution * resolution
         self.proj = torch.randn(dim, 8, generator=torch.Generator().manual_seed(0)) / dim**0.5
         self.weights_hash = "tiny-random-clip"
+        self.report = {"retrieval_accuracy": 0.5}
 
     def image_features(self, images: np.ndarray) -> torch.Tensor:
         return (torch.from_numpy(images).float().flatten(1) / 127.5 - 1) @ self.proj
@@ -261,6 +262,7 @@ def test_suite_on_ground_truth_with_tiny_feature_net(tiny_clip, tmp_path: Path):
     assert m["fid"] >= 0 and np.isfinite(m["fid_floor"]) and m["fid_floor"] > 0 and np.isfinite(m["kid_floor"])
     assert m["kid_std"] > 0 and len(list(tmp_path.iterdir())) == 3  # generated, reference and floor stats cached
     assert m["fid_images"] == 24 and m["fid_feature_hash"] == "tiny-random-clip" and m["kid_subset_size"] == 12
+    assert m["fid_feature_accuracy"] == 0.5  # the ruler's own accuracy travels into the protocol
     assert len(truth.rows) == 24 and truth.artifacts["images"].shape == (16, 3, 16, 16)
     blank = suite.run(Blank(world, "blank"), world, seed=0, progress=False).metrics
     assert blank["fid"] > 5 * max(m["fid"], m["fid_floor"]) and blank["kid"] > m["kid"] + 5 * m["kid_std"]

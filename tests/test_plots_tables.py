@@ -48,7 +48,7 @@ def geneval(overall: float) -> dict:
 
 def fid(value: float, kid: float) -> dict:
     return {"fid": value, "kid": kid, "kid_std": 0.0001, "fid_images": 64, "fid_feature_hash": "feat0",
-            "fid_reference": "shapes test [0, 64)", "fid_floor": 1.25, "kid_floor": 0.0002}
+            "fid_reference": "shapes test [0, 64)", "fid_floor": 1.25, "kid_floor": 0.0002, "fid_feature_accuracy": 0.97}
 
 
 def uniform_store(root: Path) -> RecordStore:
@@ -101,10 +101,14 @@ def test_protocol_lists_distinct_values_and_no_warning_when_uniform(tmp_path):
     assert info["feature_networks"] == {"clipscore_feature_hash": ["clip0"], "fid_feature_hash": ["feat0"]}
     assert info["reference_sets"] == {"fid_reference": ["shapes test [0, 64)"]}
     assert info["reference_floors"]["fid_floor"] == [1.25] and info["seeds"] == [0, 1]
+    # both rulers measured as rulers: the eval-CLIP's retrieval accuracy and the parser on ground truth
+    assert info["ruler_accuracy"] == {
+        "fid_feature_accuracy": [0.97], "parser (geneval_overall on ground-truth renders)": [1.0]
+    }
     md = (tmp_path / "summary.md").read_text()
     protocol = md[md.index("## Protocol"):]
     for text in ("fid v1 (64 images per record, 6 records)", "geneval v1", "speed v1", "torch 2.14.1",
-                 "commit: abc123", "device: cpu", "fid_feature_hash feat0", "shapes@16"):
+                 "commit: abc123", "device: cpu", "fid_feature_hash feat0", "shapes@16", "ruler accuracy"):
         assert text in protocol, text
     assert not any(line.startswith("warning:") for line in md.splitlines())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ class Preset:
     seeds: tuple[int, ...] = (0,)
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     suite_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    world_options: dict[str, Any] = field(default_factory=dict)
+    """Options of the world's factory (`get_world(world, resolution, **world_options)`), e.g. a folder path."""
 
 
 def available_presets() -> list[str]:
@@ -55,6 +58,7 @@ def load_preset(name_or_path: str | Path) -> Preset:
     missing = sorted(n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
     if missing:
         raise ValueError(f"preset {path}: missing key(s) {missing}")
+    _check_types(data, path)
     for key in ("models", "suites", "seeds"):
         if key in data:
             data[key] = tuple(data[key])
@@ -63,10 +67,67 @@ def load_preset(name_or_path: str | Path) -> Preset:
     return preset
 
 
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_seed(value: Any) -> bool:
+    return _is_int(value) and value >= 0
+
+
+def _is_list_of(value: Any, kind: Callable[[Any], bool]) -> bool:
+    return isinstance(value, list) and len(value) > 0 and all(kind(x) for x in value)
+
+
+def _is_table_of_tables(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())
+
+
+_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "name": (lambda v: isinstance(v, str), 'a string, e.g. name = "mine"'),
+    "description": (lambda v: isinstance(v, str), 'a string, e.g. description = "what it is for"'),
+    "world": (lambda v: isinstance(v, str), 'a string, e.g. world = "shapes"'),
+    "device": (lambda v: isinstance(v, str), 'a string, e.g. device = "cpu"'),
+    "resolution": (lambda v: _is_int(v) and v >= 1, "a positive integer, e.g. resolution = 16"),
+    "models": (lambda v: _is_list_of(v, _is_str), 'a non-empty list of names, e.g. models = ["ntm"]'),
+    "suites": (lambda v: _is_list_of(v, _is_str), 'a non-empty list of names, e.g. suites = ["geneval"]'),
+    "seeds": (lambda v: _is_list_of(v, _is_seed), "a non-empty list of integers >= 0, e.g. seeds = [0, 1]"),
+    "backbone": (lambda v: isinstance(v, dict), 'a table, e.g. [backbone] size = "tiny"'),
+    "train": (_is_table_of_tables, "a table of tables, e.g. [train.ntm] steps = 800"),
+    "model_options": (_is_table_of_tables, "a table of tables, e.g. [model_options.ntm] guidance = 2.0"),
+    "suite_options": (_is_table_of_tables, "a table of tables, e.g. [suite_options.nll] images = 64"),
+    "world_options": (lambda v: isinstance(v, dict), 'a table, e.g. [world_options] path = "/data/coco-val2017"'),
+}
+
+
+def _check_types(data: dict[str, Any], path: Path) -> None:
+    for key, value in data.items():
+        check, wanted = _TYPES[key]
+        if not check(value):
+            raise ValueError(f"preset {path}: {key} = {value!r} must be {wanted}")
+
+
 def _validate(preset: Preset, path: Path) -> None:
     """Fail on load, naming the file, rather than after an hour of training."""
+    import benchmarks.reference  # noqa: F401  (registers the reference rows)
+    from baselines.registry import model_options
     from benchmarks.suites import get_suite
+    from benchmarks.worlds import available_worlds
 
+    if preset.world not in available_worlds():
+        raise ValueError(f"preset {path}: unknown world {preset.world!r}; available: {', '.join(available_worlds())}")
+    for name in preset.models + tuple(preset.model_options):
+        try:
+            valid = model_options(name)
+        except UnknownNameError as err:
+            raise ValueError(f"preset {path}: {err}; fix models or [model_options.{name}]") from None
+        unknown = sorted(set(preset.model_options.get(name, {})) - set(valid))
+        if unknown:
+            raise ValueError(f"preset {path}, [model_options.{name}]: unknown option(s) {unknown}; valid: {valid}")
     for name in set(preset.suites) | set(preset.suite_options):
         get_suite(name, preset.suite_options.get(name))
     for recipe, options in preset.train.items():

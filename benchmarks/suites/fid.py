@@ -101,6 +101,7 @@ class FidSuite(Suite):
                              f"floor set: test items [{n}, {2 * n})",
             "fid_features": net.name,
             "fid_feature_hash": net.weights_hash,
+            "fid_feature_accuracy": net.accuracy,
             "fid_feature_dim": int(generated.mu.shape[0]),
             "fid_images": n,
             "kid_subsets": o.kid_subsets,
