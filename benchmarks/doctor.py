@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from baselines.registry import UnknownNameError, get_entry, model_options
-from benchmarks.presets import PRESET_DIR, Preset, available_presets, load_preset
+from baselines.registry import get_entry, model_options
+from benchmarks.presets import Preset, load_preset, preset_path
 from ntm.backbone import SIZES
 from ntm.train import TrainConfig
 
@@ -42,18 +42,6 @@ class Diagnosis:
     @property
     def ready(self) -> bool:
         return not self.problems
-
-
-def preset_path(name_or_path: str | Path) -> Path:
-    """The TOML file of a bundled preset name or a .toml path (as `load_preset` resolves it)."""
-    path = Path(name_or_path)
-    if path.suffix != ".toml":
-        if str(name_or_path) not in available_presets():
-            raise UnknownNameError("preset", str(name_or_path), available_presets())
-        path = PRESET_DIR / f"{name_or_path}.toml"
-    if not path.is_file():
-        raise FileNotFoundError(f"preset file {path} does not exist; bundled presets: {', '.join(available_presets())}")
-    return path
 
 
 def _attempt(problems: list[str], prefix: str, fn: Callable[[], Any]) -> Any:

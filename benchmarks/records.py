@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import platform
 import subprocess
 import tempfile
@@ -27,22 +26,9 @@ import numpy as np
 
 from baselines.base import GeneratorSpec
 from benchmarks.locking import exclusive
+from ntm.checkpoint import atomic_write_bytes
 
 PACKAGES = ("ntm-bench", "torch", "numpy", "diffusers", "transformers", "clean-fid", "torchmetrics", "open_clip_torch")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:

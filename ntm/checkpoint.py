@@ -18,6 +18,21 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a fsynced temporary sibling and a rename: old file or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def save_pretrained(directory: str | Path, state_dict: dict[str, torch.Tensor], config: dict) -> Path:
     """Write weights and config into `directory`; a reader never sees a half-written folder."""
     directory = Path(directory)

@@ -37,8 +37,8 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
 
 
-def load_preset(name_or_path: str | Path) -> Preset:
-    """A bundled preset by name (`tiny`) or a TOML file by path; unknown keys are errors."""
+def preset_path(name_or_path: str | Path) -> Path:
+    """The TOML file of a bundled preset name or a .toml path; clear errors for unknown names and missing files."""
     path = Path(name_or_path)
     if path.suffix != ".toml":
         if str(name_or_path) not in available_presets():
@@ -46,6 +46,12 @@ def load_preset(name_or_path: str | Path) -> Preset:
         path = PRESET_DIR / f"{name_or_path}.toml"
     if not path.is_file():
         raise FileNotFoundError(f"preset file {path} does not exist; bundled presets: {', '.join(available_presets())}")
+    return path
+
+
+def load_preset(name_or_path: str | Path) -> Preset:
+    """A bundled preset by name (`tiny`) or a TOML file by path; unknown keys are errors."""
+    path = preset_path(name_or_path)
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
