@@ -33,6 +33,7 @@ from benchmarks.audit.report import write_report
 from benchmarks.audit.truth_gap import truth_gap
 from benchmarks.audit.typicality import Typicality, typicality
 from benchmarks.presets import Preset
+from benchmarks.records import atomic_write_text
 from benchmarks.runner import build_context, resolve_device
 from benchmarks.suites.base import item_seed
 from benchmarks.suites.nll import bits_per_dim
@@ -110,18 +111,40 @@ def _shared(rows: list[dict], name: str, source: str) -> list[dict]:
     return [row | {"model": name, "detail": f"{row['detail']} ({note})" if row["detail"] else note} for row in rows]
 
 
+KEY_FILE = "key.txt"
+
+
+def audit_key(preset: Preset, names: Sequence[str], o: AuditOptions) -> str:
+    """Everything the audit's findings depend on besides the code: options, models and how they are trained."""
+    return stable_hash([
+        dataclasses.asdict(o), list(names), preset.world, preset.resolution, dict(preset.world_options),
+        preset.backbone, preset.train, {n: preset.model_options.get(n, {}) for n in names}, preset.seeds[0],
+    ])
+
+
 def run_audit(
-    preset: Preset, out_dir: Path, models: Sequence[str] | None = None, device: str | None = None, progress: bool = True
+    preset: Preset,
+    out_dir: Path,
+    models: Sequence[str] | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    reuse: bool = False,
 ) -> pd.DataFrame:
     """Audit the likelihoods of `models` (default: the preset's); writes OUT/audit and returns the findings.
 
     Every name is checked first; models without a likelihood get an "n/a" row and are not built.
     Models with one likelihood (`likelihood_identity`) share its findings; typicality, which reads
-    each model's own samples, runs for every model.
+    each model's own samples, runs for every model. With `reuse`, a finished audit of the same
+    `audit_key` in OUT/audit is read back instead of recomputed (the key is written last).
     """
     o = audit_options(preset)
     names = list(models or preset.models)
     entries = {name: get_entry(name) for name in names}
+    key = audit_key(preset, names, o)
+    folder = Path(out_dir) / "audit"
+    if reuse and (folder / KEY_FILE).is_file() and (folder / KEY_FILE).read_text().strip() == key:
+        console.print(f"audit: finished earlier with the same options and models, read from {folder}")
+        return pd.read_csv(folder / "summary.csv", keep_default_na=False)
     audited = [name for name in names if entries[name].load().capabilities.likelihood]
     seed = preset.seeds[0]
     out_dir = Path(out_dir)
@@ -134,7 +157,8 @@ def run_audit(
     rows += world_rows(gaussian, o.entropy_samples)
     rows += truth_rows(OracleGenerator(gaussian, "oracle (control)"), gaussian, o, seed, progress)
     dev = resolve_device(device or preset.device)
-    known = BuildContext(gaussian, dev, out_dir / "checkpoints", preset.backbone, preset.train, progress)
+    budgets = o.known_world_budgets(preset.train)
+    known = BuildContext(gaussian, dev, out_dir / "checkpoints", preset.backbone, budgets, progress)
     done: dict[str, tuple[str, list[dict]]] = {}
     for name in audited:
         generator = build(name, known, **preset.model_options.get(name, {}))
@@ -178,5 +202,6 @@ def run_audit(
         rows += typical[-1].rows()
 
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    write_report(out_dir / "audit", frame, ood, typical, f"Likelihood audit: preset {preset.name}")
+    write_report(folder, frame, ood, typical, f"Likelihood audit: preset {preset.name}")
+    atomic_write_text(folder / KEY_FILE, key + "\n")
     return frame

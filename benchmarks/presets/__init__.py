@@ -31,6 +31,9 @@ class Preset:
     suite_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     world_options: dict[str, Any] = field(default_factory=dict)
     """Options of the world's factory (`get_world(world, resolution, **world_options)`), e.g. a folder path."""
+    audit: dict[str, Any] | None = None
+    """The likelihood audit's options (`benchmarks.audit.options.AuditOptions`); with this table present,
+    `ntm-bench reproduce` runs the audit after the suites. `audit-likelihood` takes the defaults without it."""
 
 
 def available_presets() -> list[str]:
@@ -107,6 +110,7 @@ _TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model_options": (_is_table_of_tables, "a table of tables, e.g. [model_options.ntm] guidance = 2.0"),
     "suite_options": (_is_table_of_tables, "a table of tables, e.g. [suite_options.nll] images = 64"),
     "world_options": (lambda v: isinstance(v, dict), 'a table, e.g. [world_options] path = "/data/coco-val2017"'),
+    "audit": (lambda v: isinstance(v, dict), "a table, e.g. [audit] truth_images = 32"),
 }
 
 
@@ -141,3 +145,10 @@ def _validate(preset: Preset, path: Path) -> None:
             TrainConfig.from_dict(options)
         except ValueError as err:
             raise ValueError(f"preset {path}, [train.{recipe}]: {err}") from None
+    if preset.audit is not None:
+        from benchmarks.audit.options import AuditOptions
+
+        try:
+            AuditOptions.from_dict(preset.audit).known_world_budgets(preset.train)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"preset {path}, [audit]: {err}") from None

@@ -6,13 +6,14 @@ from typing import Any
 
 from baselines.registry import UnknownNameError
 from benchmarks.suites.base import NotApplicable, Suite, SuiteResult
+from benchmarks.suites.clipscore import ClipScoreSuite
 from benchmarks.suites.fid import FidSuite
 from benchmarks.suites.geneval import GenevalSuite
 from benchmarks.suites.geneval_real import GenevalRealSuite
 from benchmarks.suites.nll import NllSuite
 from benchmarks.suites.speed import SpeedSuite
 
-SUITES: dict[str, type[Suite]] = {s.name: s for s in (GenevalSuite, NllSuite, FidSuite, SpeedSuite, GenevalRealSuite)}
+SUITES: dict[str, type[Suite]] = {s.name: s for s in (GenevalSuite, NllSuite, FidSuite, ClipScoreSuite, SpeedSuite, GenevalRealSuite)}
 
 
 def available_suites() -> list[str]:
