@@ -21,10 +21,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ntm import distributed
+
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 worlds_app = typer.Typer(help="Inspect the data worlds: list, check the scene parser, draw a grid.", no_args_is_help=True)
 app.add_typer(worlds_app, name="worlds")
-assets_app = typer.Typer(help="Build the evaluation assets that ship with the package (the worlds' eval-CLIPs).", no_args_is_help=True)
+assets_app = typer.Typer(
+    help="Build the evaluation assets that ship with the package (the worlds' eval-CLIPs).", no_args_is_help=True
+)
 app.add_typer(assets_app, name="assets")
 console = Console()
 errors = Console(stderr=True)
@@ -59,15 +63,16 @@ def _split(names: str | None) -> list[str] | None:
 
 @app.command()
 @user_errors
+@distributed.command
 def reproduce(
     preset: PresetOpt = "tiny",
     out: Annotated[Path | None, typer.Option(help="Results folder. Default: results/<preset>.")] = None,
     device: DeviceOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
-    """Train what the preset needs, run every suite on every model, write the tables.
+    """Train what the preset needs, run every suite on every model, write the tables, then the audit.
 
-    Finished pieces are found in OUT/records and not recomputed; trained weights are cached in
+    The likelihood audit (as `audit-likelihood`) runs when the preset has an [audit] table. Finished pieces are found in OUT/records and not recomputed; trained weights are cached in
     OUT/checkpoints. Example: ntm-bench reproduce --preset tiny --out /tmp/tiny
     """
     from benchmarks.presets import load_preset
@@ -77,13 +82,22 @@ def reproduce(
     p = load_preset(preset)
     out = out or Path("results") / p.name
     evaluate(p, out, device=device, progress=progress)
+    if not distributed.main_goes_on():  # with several processes rank 0 alone writes, prints and audits
+        return
     frame = write_tables(out)
     typer.echo(to_markdown(frame))
     console.print(f"wrote {out}/summary.csv, summary.md, summary.tex and samples/")
+    if p.audit is not None:
+        from benchmarks.audit.run import run_audit
+
+        findings = run_audit(p, out, device=device, progress=progress, reuse=True)
+        flagged = int(findings["verdict"].str.startswith("below truth").sum())
+        console.print(f"wrote {out}/audit: summary.md, summary.csv, plots; {flagged} of {len(findings)} below truth")
 
 
 @app.command("train")
 @user_errors
+@distributed.command
 def train_(
     model: Annotated[str, typer.Argument(help="A registered model (see `ntm-bench models`), e.g. ntm.")],
     preset: PresetOpt = "tiny",
@@ -106,6 +120,8 @@ def train_(
     p = dataclasses.replace(p, world=world) if world else p
     options = {"init": init} if init else {}
     generator = train(p, out or Path("results") / p.name, model, device=device, progress=progress, **options)
+    if not distributed.main_goes_on():
+        return
     spec = generator.spec
     console.print(f"{spec.name}: {spec.parameters / 1e6:.2f}M parameters, weights {spec.weights_hash[:12]}")
 
@@ -128,6 +144,7 @@ def distill_denoiser(
 
 @app.command("eval")
 @user_errors
+@distributed.command
 def eval_(
     models: Annotated[str, typer.Option(help="Comma-separated model names (see `ntm-bench models`).")],
     suites: Annotated[str | None, typer.Option(help="Comma-separated suite names. Default: the preset's.")] = None,
@@ -145,6 +162,8 @@ def eval_(
     from benchmarks.tables import to_markdown, write_tables
 
     evaluate(load_preset(preset), out, models=_split(models), suites=_split(suites), device=device, progress=progress)
+    if not distributed.main_goes_on():
+        return
     typer.echo(to_markdown(write_tables(out)))
 
 
@@ -336,7 +355,9 @@ def assets_build(
     res: Annotated[int, typer.Option("--res", help="Resolution in pixels.")] = 16,
     steps: Annotated[int | None, typer.Option(min=1, help="Training steps. Default: features.DEFAULT_STEPS.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights and the training scenes.")] = 0,
-    out: Annotated[Path | None, typer.Option(help="Folder to write. Default: the shipped benchmarks/assets/eval-clip-WORLD-RES.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder to write. Default: the shipped benchmarks/assets/eval-clip-WORLD-RES.")
+    ] = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Train a world's evaluation CLIP from scratch on its train split and write it with its retrieval report.

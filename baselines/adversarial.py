@@ -36,6 +36,7 @@ from baselines.base import BuildContext
 from baselines.flow_matching import teacher_backbone
 from baselines.students import StudentGenerator, student_batch, train_student, x0_prediction
 from baselines.training import CountingTeacher
+from ntm import distributed
 from ntm.flow_matching import guided_velocity, sample_training_times
 from ntm.schedule import time_grid
 from ntm.teacher import FlowMatchingTeacher
@@ -107,7 +108,7 @@ def teacher_features(
     """
     if time > 0:
         x = (1 - time) * x + time * torch.randn(x.shape, generator=generator).to(x)
-    teacher.calls += x.shape[0]
+    teacher.count(x.shape[0])
     t = torch.full((x.shape[0],), time, dtype=x.dtype, device=x.device)
     return teacher.teacher.net.features(x, t, tokens, blocks)
 
@@ -122,12 +123,17 @@ def discriminator_step(
     discriminator: Discriminator, optimizer: torch.optim.Optimizer, real: Sequence[Tensor], fake: Sequence[Tensor],
     text: Tensor,
 ) -> Tensor:
-    """One optimizer step of the heads on the hinge loss; features are detached, so nothing else learns."""
+    """One optimizer step of the heads on the hinge loss; features are detached, so nothing else learns.
+
+    With several processes the heads' gradients are averaged over the ranks, as the student's are in
+    `ntm.train.fit`, so every rank keeps the same discriminator.
+    """
     loss = hinge_d_loss(
         discriminator([f.detach() for f in real], text), discriminator([f.detach() for f in fake], text)
     )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    distributed.average_gradients(discriminator.parameters())
     optimizer.step()
     return loss.detach()
 

@@ -10,8 +10,10 @@ import hashlib
 import json
 import shutil
 import sys
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -21,7 +23,8 @@ import torch
 from torch import Tensor
 
 from benchmarks.locking import exclusive
-from ntm.checkpoint import is_saved
+from ntm import distributed
+from ntm.checkpoint import is_saved, weights_hash
 from ntm.train import checkpointing, weights_recipe
 
 ESTIMATORS = ("exact", "elbo", "iwae", "ode")
@@ -161,6 +164,13 @@ class BuildContext:
         then finds it cached. Every `fit` inside `train_fn` checkpoints into the `<folder>.partial` sibling
         and resumes from it, so a killed run loses at most `checkpoint_every` steps; the sibling is removed
         once the final folder is saved (and kept when training fails, e.g. on a non-finite loss).
+
+        With several processes (`ntm.distributed`) all ranks train together, so only rank 0 takes the
+        lock (a rank waiting on it would leave rank 0 alone in the gradient all-reduce: a deadlock) and every
+        decision (cached? still missing under the lock?) is rank 0's, broadcast. Rank 0 alone writes the
+        training checkpoints and the folder; another rank's `train_fn` saves into a hidden scratch folder that
+        is compared with rank 0's (RuntimeError if the weights differ) and deleted, and then every rank loads
+        rank 0's folder. The checkpoint root must be on a file system all ranks share (one machine, or NFS).
         """
         directory = self.checkpoint_root / f"{recipe}-{stable_hash(weights_recipe(config))[:12]}"
         partial = directory.with_name(f"{directory.name}.partial")
@@ -168,16 +178,44 @@ class BuildContext:
         def waiting() -> None:
             print(f"another run is training {directory.name}; waiting for it", file=sys.stderr)
 
-        if not is_saved(directory):
-            with exclusive(self.checkpoint_root / f"{directory.name}.lock", waiting):
-                if not is_saved(directory):
-                    _remove_temporaries(directory, partial)
+        main = distributed.is_main()
+        if not distributed.broadcast(is_saved(directory)):
+            lock = exclusive(self.checkpoint_root / f"{directory.name}.lock", waiting) if main else nullcontext()
+            with lock:
+                if not distributed.broadcast(is_saved(directory)):
+                    if main:
+                        _remove_temporaries(directory, partial)
+                    distributed.barrier()
                     with checkpointing(partial):
-                        train_fn(directory)
+                        _train_on_every_rank(directory, train_fn)
                     if not is_saved(directory):
                         raise RuntimeError(f"training {recipe!r} returned without saving {directory}")
-        shutil.rmtree(partial, ignore_errors=True)  # also what a run killed between saving and this line left
+        if main:
+            shutil.rmtree(partial, ignore_errors=True)  # also what a run killed between saving and this line left
         return directory
+
+
+def _train_on_every_rank(directory: Path, train_fn: Callable[[Path], None]) -> None:
+    """`train_fn(directory)` on rank 0; on any other rank `train_fn` into a hidden scratch sibling (what
+    `_remove_temporaries` clears if a run is killed), checked against rank 0's weights, then deleted."""
+    if distributed.world_size() == 1:
+        train_fn(directory)
+        return
+    scratch = None if distributed.is_main() else Path(tempfile.mkdtemp(prefix=f".{directory.name}.rank", dir=directory.parent))
+    try:
+        train_fn(scratch / directory.name if scratch else directory)
+        mine = weights_hash(scratch / directory.name if scratch else directory)
+        hashes = distributed.gather_objects(mine)  # also waits until rank 0 has saved the folder
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+    if len(set(hashes)) > 1:
+        if distributed.is_main():
+            shutil.rmtree(directory, ignore_errors=True)  # not a model to cache
+        raise RuntimeError(
+            f"the processes ended training {directory.name} with different weights (hashes by rank: "
+            f"{[h[:12] for h in hashes]}), so it was not kept; train it in one process"
+        )
 
 
 def _remove_temporaries(directory: Path, partial: Path) -> None:

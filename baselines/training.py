@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from baselines.base import BuildContext, DataSource, to_model_space
+from ntm import distributed
 from ntm.train import TrainConfig
 
 
@@ -21,11 +22,17 @@ def training_batch(
     Everything is drawn from (seed, step), so a run is reproducible and a resumed run sees the
     same batches. A fraction `cfg_dropout` of captions is replaced by the empty (null) prompt,
     which trains the unconditional model classifier-free guidance needs.
+
+    With several processes (`ntm.distributed`) every rank makes the same full-batch draw and
+    keeps its share `[rank::world]` of it (`batch_size` must split evenly): only that share's scenes
+    are rendered, as a scene depends on its index alone. In one process the share is the whole batch.
     """
     rng = np.random.default_rng([seed, step])
-    batch = world.batch(rng.integers(0, 2**31 - 1, size=batch_size).tolist(), split="train")
-    noise = torch.from_numpy(rng.random(batch.images.shape))
-    captions = [("" if drop else c) for c, drop in zip(batch.captions, rng.random(batch_size) < cfg_dropout, strict=True)]
+    indices = distributed.shard(rng.integers(0, 2**31 - 1, size=batch_size))
+    batch = world.batch(indices.tolist(), split="train")
+    noise = torch.from_numpy(distributed.shard(rng.random((batch_size, *batch.images.shape[1:]))))
+    drops = distributed.shard(rng.random(batch_size) < cfg_dropout)
+    captions = [("" if drop else c) for c, drop in zip(batch.captions, drops, strict=True)]
     return to_model_space(batch.images, noise).to(device), captions
 
 
@@ -38,7 +45,9 @@ class CountingTeacher(nn.Module):
     """Wraps a frozen teacher and counts its forward passes per sample (a CFG pair counts 2).
 
     Every method that learns from a teacher calls it through this wrapper, so the recorded
-    `teacher_nfe` is what training actually spent, not a formula.
+    `teacher_nfe` is what training actually spent, not a formula. With several processes each
+    rank sees its share of the batch and counts the passes of all ranks (`count`), so every rank
+    holds, and rank 0 records, the total.
     """
 
     def __init__(self, teacher: nn.Module) -> None:
@@ -52,8 +61,12 @@ class CountingTeacher(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         self.calls = int(state["calls"])
 
+    def count(self, samples: int) -> None:
+        """Count one pass over `samples` samples on every rank (the ranks run their equal shares alike)."""
+        self.calls += samples * distributed.world_size()
+
     def forward(self, x: Tensor, t: Tensor, tokens: Tensor) -> Tensor:
-        self.calls += x.shape[0]
+        self.count(x.shape[0])
         return self.teacher(x, t, tokens)
 
     def encode_text(self, prompts: list[str]) -> Tensor:

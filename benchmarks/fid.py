@@ -159,7 +159,7 @@ def eval_clip_net(world: str, resolution: int, device: torch.device | str) -> Fe
 
     clip = load_eval_clip(world, resolution, device)
     embed = lambda images: _numpy_features(clip.image_features(images))  # noqa: E731
-    return FeatureNet("eval-clip", clip.weights_hash, embed, clip.report.get("retrieval_accuracy"))
+    return FeatureNet("eval-clip", clip.weights_hash, embed, clip.report.get("accuracy"))
 
 
 def find_inception(path: str | Path | None) -> Path:

@@ -14,6 +14,7 @@ from torch import Tensor
 import benchmarks.reference  # noqa: F401  (registers the reference rows)
 from baselines.base import BuildContext, Generator, GeneratorSpec
 from baselines.registry import build, get_entry
+from ntm import distributed
 from benchmarks.presets import Preset
 from benchmarks.records import RecordStore, ensure_writable, protocol
 from benchmarks.suites import NotApplicable, Suite, SuiteResult, get_suite
@@ -23,11 +24,19 @@ console = Console(stderr=True)
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device `name` means here; with several processes plain "cuda" is each rank's own GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is None and distributed.world_size() > 1:
+        if not distributed.gpu_per_process():
+            raise ValueError(
+                f"more processes were started on this machine than it has GPUs ({torch.cuda.device_count()}); "
+                "start at most one process per GPU (torchrun --nproc-per-node), or use --device cpu"
+            )
+        device = torch.device("cuda", distributed.local_rank())
     return device
 
 
@@ -40,9 +49,11 @@ def build_context(preset: Preset, out_dir: Path, device: str | None = None, prog
 
 
 def train(preset: Preset, out_dir: Path, model: str, device: str | None = None, progress: bool = True, **options) -> Generator:
-    """Build `model` as `preset` configures it (training its weights if not cached), with `options` on top."""
+    """Build `model` as `preset` configures it (training its weights if not cached), with `options` on top.
+
+    With several processes every rank calls this and trains its share (`ntm.train.fit`); rank 0 shows progress."""
     get_entry(model)
-    ctx = build_context(preset, out_dir, device, progress)
+    ctx = build_context(preset, out_dir, device, progress and distributed.is_main())
     ensure_writable(out_dir)
     return build(model, ctx, **(preset.model_options.get(model, {}) | options))
 
@@ -61,11 +72,17 @@ def evaluate(
     A (model spec, suite version, seed) piece whose record exists is skipped, so re-running a finished
     command does nothing and an interrupted one picks up where it stopped; a piece another run recorded
     meanwhile is not written twice. Every generator's images are checked against the protocol.
+
+    With several processes (`ntm.distributed`) every rank calls this: the models train together,
+    each suite's batches are shared out (`suites.base.in_batches`), whether a piece is recorded is rank 0's
+    answer, and rank 0 alone writes records, prints and shows progress; the other ranks return [].
     """
     models = list(models or preset.models)
     suites = [get_suite(name, preset.suite_options.get(name)) for name in (suites or preset.suites)]
     for name in models:
         get_entry(name)
+    main = distributed.is_main()
+    progress = progress and main
     ctx = build_context(preset, out_dir, device, progress)
     world, out_dir = ctx.world, Path(out_dir)
     store = RecordStore(out_dir / "records")
@@ -78,8 +95,9 @@ def evaluate(
         for suite in suites:
             for seed in preset.seeds:
                 key = store.key(generator.spec, suite.name, suite.version, seed)
-                if store.has(key):
-                    console.print(f"[dim]{name} / {suite.name} / seed {seed}: recorded, skipped[/dim]")
+                if distributed.broadcast(store.has(key)):  # rank 0's answer: every rank runs the piece or none
+                    if main:
+                        console.print(f"[dim]{name} / {suite.name} / seed {seed}: recorded, skipped[/dim]")
                     continue
                 start = time.perf_counter()
                 try:
@@ -93,6 +111,8 @@ def evaluate(
                     "seed": seed, "preset": preset.name, "world": preset.world, "resolution": preset.resolution,
                     "metrics": result.metrics, "wall_s": time.perf_counter() - start, "protocol": proto,
                 }
+                if not main:
+                    continue
                 if not store.write(key, result.rows, summary, result.artifacts, replace=False):
                     console.print(f"[dim]{name} / {suite.name} / seed {seed}: recorded by another run meanwhile[/dim]")
                     continue

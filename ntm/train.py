@@ -5,12 +5,24 @@ step, losses, the torch RNG states and the caller's extra state such as its nois
 folder every `checkpoint_every` steps, atomically; a later `fit` of the same recipe in the same folder
 resumes from it. A run killed at any point and restarted therefore ends with the same weights, to the bit,
 as an uninterrupted one.
+
+Under torchrun (`ntm.distributed.init()` called, world size N > 1) every rank runs this same loop on
+its own share of each batch (`distributed.shard`, used by `baselines.training.training_batch`) and the
+gradients are averaged over the ranks before clipping. This is a manual all-reduce, not
+`DistributedDataParallel`: the callers' `step_loss` closures call `model.loss(...)`, `model.encode_text(...)`
+and helpers on the unwrapped module, which DDP's hooks would not see, and one flat all-reduce per step is
+all DDP would add here. The initial weights are seeded alike on every rank and every rank applies the same
+averaged gradient, so weights and EMA stay equal to the bit; rank 0 alone writes training checkpoints
+(with every rank's noise generators). The noise generators in `state` get a stream per rank
+(`_rank_streams`), so the shards do not share noise; a run on N processes is therefore a function of its
+recipe and N, and its weights differ from a single process's by that noise, not by its batches.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import io
 import math
 import time
@@ -25,6 +37,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
+from ntm import distributed
 from ntm.checkpoint import atomic_write_bytes
 
 RESUME_ONLY = ("checkpoint_every",)
@@ -167,8 +180,9 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
 
 def _restore(
     path: Path, config: TrainConfig, modules: Mapping[str, Any], state: Mapping[str, Any]
-) -> tuple[int, list[float]]:
-    """Load a training checkpoint into `modules` and `state`; (next step, losses so far)."""
+) -> tuple[int, list[float], list[dict[str, Any]] | None]:
+    """Load a training checkpoint into `modules` and `state`; (next step, losses so far, every rank's noise
+    generators when several processes wrote it, else None)."""
     fix = f"delete {path} to train this model from step 0"
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -193,7 +207,30 @@ def _restore(
     torch.set_rng_state(payload["rng"]["torch"])
     if payload["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
-    return int(payload["step"]), list(payload["losses"])
+    return int(payload["step"]), list(payload["losses"]), payload.get("ranks")
+
+
+def _generators(state: Mapping[str, Any]) -> dict[str, torch.Generator]:
+    return {name: obj for name, obj in state.items() if isinstance(obj, torch.Generator)}
+
+
+def _rank_streams(state: Mapping[str, Any], saved: list[dict[str, Any]] | None) -> None:
+    """Give every rank its own noise: the generators in `state` were seeded alike on every rank (by the caller,
+    or by a restored checkpoint) and would draw the same noise for different samples of each shard.
+
+    Rank 0 keeps its stream; rank r > 0 reseeds each generator from a hash of (its state, r). A checkpoint
+    written by as many processes as run now restores each rank's own streams instead (`saved`), so a resumed
+    run continues to the bit; one written by another number of processes restarts the per-rank streams.
+    """
+    rank, world = distributed.rank(), distributed.world_size()
+    generators = _generators(state)
+    if saved is not None and len(saved) == world:
+        for name, generator in generators.items():
+            generator.set_state(saved[rank][name])
+    elif rank > 0:
+        for generator in generators.values():
+            digest = hashlib.sha256(generator.get_state().numpy().tobytes() + rank.to_bytes(4, "little")).digest()
+            generator.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def _nonfinite(description: str, value: float, step: int, path: Path | None, saved: int) -> str:
@@ -225,15 +262,29 @@ def fit(
     checkpoint and restored on resume (checkpoints are written only inside `checkpointing`). A
     non-finite loss stops training (FloatingPointError naming the step) before it reaches the
     weights; the last training checkpoint is kept.
+
+    With several processes (module docstring) `config.batch_size` is the global batch and must be a
+    multiple of the world size; losses and stats are the means over ranks, as for the full batch.
     """
     state = dict(state or {})
+    world = distributed.world_size()
+    if config.batch_size % world:
+        raise ValueError(
+            f"{description}: batch_size = {config.batch_size} does not split evenly over {world} processes; "
+            f"make it a multiple of {world} in the preset's [train.*] table"
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup)))
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     modules = {"model": model, "ema": ema, "optimizer": opt, "scheduler": sched}
     path = _claim_checkpoint_path()
-    start, losses = _restore(path, config, modules, state) if path is not None and path.is_file() else (0, [])
+    start, losses, streams = _restore(path, config, modules, state) if path is not None and path.is_file() else (0, [], None)
+    if world > 1:
+        _rank_streams(state, streams)
+        starts = distributed.gather_objects(start)
+        if len(set(starts)) > 1:
+            raise RuntimeError(f"{description}: the processes would resume from different steps {starts}; {path} changed")
     saved = start
     model.train()
     began = time.perf_counter()
@@ -242,10 +293,12 @@ def fit(
         task = bar.add_task(description, total=config.steps, completed=start, loss=float("nan"))
         for step in range(start, config.steps):
             loss = step_loss(step)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(_nonfinite(description, loss.item(), step, path, saved))
+            mean = distributed.all_mean(loss)  # every rank stops alike on a non-finite loss anywhere
+            if not torch.isfinite(mean):
+                raise FloatingPointError(_nonfinite(description, mean.item(), step, path, saved))
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(params)
             nn.utils.clip_grad_norm_(params, config.grad_clip)
             opt.step()
             sched.step()
@@ -253,17 +306,19 @@ def fit(
                 d = ema_decay(step, config.ema_decay)
                 for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                     pe.lerp_(pm.detach(), 1 - d)
-            losses.append(loss.item())
+            losses.append(mean.item())
             bar.update(task, advance=1, loss=sum(losses[-50:]) / len(losses[-50:]))
             done = step + 1
             every = config.checkpoint_every
             if path is not None and every and done % every == 0 and done < config.steps:
-                payload = {name: m.state_dict() for name, m in modules.items()}
-                payload |= {
-                    "config": config.weights_recipe(), "step": done, "losses": losses, "rng": _rng_state(),
-                    "state": {name: _get_state(obj) for name, obj in state.items()},
-                }
-                _save(path, payload)
+                streams = distributed.gather_objects({n: g.get_state() for n, g in _generators(state).items()})
+                if distributed.is_main():  # the others hold the same weights; their noise streams come along
+                    payload = {name: m.state_dict() for name, m in modules.items()}
+                    payload |= {
+                        "config": config.weights_recipe(), "step": done, "losses": losses, "rng": _rng_state(),
+                        "state": {name: _get_state(obj) for name, obj in state.items()},
+                    } | ({"ranks": streams} if world > 1 else {})
+                    _save(path, payload)
                 saved = done
     wall = max(time.perf_counter() - began, 1e-9)
     tail = losses[-max(1, len(losses) // 10) :]

@@ -42,8 +42,10 @@ p.add_argument("--patch", type=int, default=0)
 p.add_argument("--align", type=int, default=500)
 p.add_argument("--lr", type=float, default=1e-3)
 p.add_argument("--tmin_fixed", type=float, default=0.0)
+p.add_argument("--eval_tmins", default="0.02", help="comma-separated t_0 values to score at (EMA weights; raw at the first)")
+p.add_argument("--threads", type=int, default=2)
 a = p.parse_args()
-torch.set_num_threads(2)
+torch.set_num_threads(a.threads)
 preset = load_preset("tiny")
 ctx = build_context(preset, a.out, "cpu", progress=False)
 cfg = ntm_config(ctx, bool(a.transporter), 4, None)
@@ -93,23 +95,29 @@ x = to_model_space(batch.images, noise)
 D = x[0].numel()
 res = {}
 model.eval()
-for m, tag in ((ema, "ema"), (model, "raw")):
-    with torch.no_grad():
-        tok = m.encode_text(batch.captions)
-        times = m.times(m.config.t_min_eval)
-        steps_nll, ld = [], []
-        for r in range(2):
-            nz = per_sample_noise([5000 * r + i for i in range(n)], (4, *x.shape[1:]), "cpu").transpose(0, 1)
-            traj, _ = m.chain_from(x, times, nz)
-            lp, per = m.trajectory_log_prob(traj, times, tok)
-            steps_nll.append(-per)
-        per = torch.stack(steps_nll).mean(0)  # (n, K)
-        bound = m.data_bound(x, tok, 4, list(range(n)))
-        res[tag] = {"per_step_nats": per.mean(0).tolist(), "traj_bpd": float(per.sum(1).mean() / (D * math.log(2))),
-                    "iwae_bpd": float((-bound.iwae_nats).mean() / (D * math.log(2)) + 8 / math.log(2) * 0 ),
+tmins = [float(v) for v in a.eval_tmins.split(",")]
+for m, tag, grid_tmins in ((ema, "ema", tmins), (model, "raw", tmins[:1])):
+    for t_min in grid_tmins:
+        with torch.no_grad():
+            tok = m.encode_text(batch.captions)
+            times = m.times(t_min)
+            steps_nll = []
+            for r in range(2):
+                nz = per_sample_noise([5000 * r + i for i in range(n)], (4, *x.shape[1:]), "cpu").transpose(0, 1)
+                traj, _ = m.chain_from(x, times, nz)
+                lp, per = m.trajectory_log_prob(traj, times, tok)
+                steps_nll.append(-per)
+            per = torch.stack(steps_nll).mean(0)  # (n, K)
+            bound = m.data_bound(x, tok, 4, list(range(n)), t_min=t_min)
+        key = tag if t_min == tmins[0] else f"{tag}@{t_min}"
+        res[key] = {"t_min": t_min, "per_step_nats": per.mean(0).tolist(),
+                    "traj_bpd": float(per.sum(1).mean() / (D * math.log(2))),
+                    "iwae_bpd": float((-bound.iwae_nats).mean() / (D * math.log(2))),
                     "iwae_nats_per_img": (-bound.iwae_nats).tolist()}
 out = {"name": a.name, "args": vars(a), "train_s": train_s, **res}
 Path(a.out).mkdir(parents=True, exist_ok=True)
 (Path(a.out) / f"{a.name}.json").write_text(json.dumps(out))
+torch.save(ema.state_dict(), Path(a.out) / f"{a.name}.ema.pt")
 for tag in res:
-    print(a.name, tag, "train_s", round(train_s), "per_step", [round(v, 1) for v in res[tag]["per_step_nats"]], "iwae_bpd_cont", round(res[tag]["iwae_bpd"], 4))
+    print(a.name, tag, "train_s", round(train_s), "per_step", [round(v, 1) for v in res[tag]["per_step_nats"]],
+          "sum", round(sum(res[tag]["per_step_nats"]), 1), "iwae_bpd_cont", round(res[tag]["iwae_bpd"], 4))

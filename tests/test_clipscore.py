@@ -83,7 +83,9 @@ def test_ground_truth_renders_score_above_noise():
     noise = suite.run(Noise(16), world, seed=0, progress=False)
     assert len(truth.rows) == 6 * 2 * 2
     assert truth.metrics["clipscore"] > noise.metrics["clipscore"] + 5 * truth.metrics["clipscore_sem"]
-    assert truth.metrics["clipscore_feature_hash"] == features.load_eval_clip("shapes", 16).weights_hash
+    shipped = features.load_eval_clip("shapes", 16)
+    assert truth.metrics["clipscore_feature_hash"] == shipped.weights_hash
+    assert truth.metrics["clipscore_feature_accuracy"] == shipped.report["accuracy"] >= 0.95  # into the protocol
     assert truth.metrics["clipscore"] == pytest.approx(max(np.mean([r["clipscore"] for r in truth.rows]), 0.0))
 
 
@@ -122,6 +124,7 @@ def test_clip_path_runs_a_local_open_clip_folder(tmp_path: Path):
     )
     image = features.EvalClip.from_folder(folder)
     assert image.resolution == 32 and result.metrics["clipscore_feature_hash"] == image.weights_hash
+    assert result.metrics["clipscore_feature_accuracy"] is None  # no retrieval report for a user's CLIP
     rows = result.rows
     prompts = [r["prompt"] for r in rows]
     renders = np.stack([world.render_caption(p, r["seed"]) for p, r in zip(prompts, rows)])

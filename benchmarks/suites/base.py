@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -13,6 +14,7 @@ import torch
 from rich.progress import Progress
 
 from baselines.base import Generator
+from ntm import distributed
 
 
 class NotApplicable(Exception):
@@ -50,18 +52,43 @@ def item_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
+_SHARDED: ContextVar[bool] = ContextVar("in_batches_sharded", default=False)
+"""True while `fn` of a sharded `in_batches` runs: a nested call then runs all its batches on this rank."""
+
+
 def in_batches(
     fn: Callable[[slice], Any], n: int, batch_size: int, description: str, progress: bool
 ) -> list[Any]:
-    """Call `fn` on consecutive slices of range(n) under a progress bar; returns the outputs."""
-    outputs = []
-    with Progress(disable=not progress, transient=True) as bar, torch.no_grad():
-        task = bar.add_task(description, total=n)
-        for start in range(0, n, batch_size):
-            part = slice(start, min(n, start + batch_size))
-            outputs.append(fn(part))
-            bar.update(task, advance=part.stop - part.start)
-    return outputs
+    """Call `fn` on consecutive slices of range(n) under a progress bar; returns the outputs.
+
+    With several processes (`ntm.distributed`; every rank calls this alike) rank r calls `fn` on
+    the slices j with j % world == r, and the outputs (tensors moved to the CPU) are gathered back in
+    slice order on every rank: the slices are those of one process, so the list is the same, value for
+    value. `fn` must return its results (RuntimeError on None: side effects stay on one rank). An
+    `in_batches` inside `fn` runs whole on its rank.
+    """
+    parts = [slice(start, min(n, start + batch_size)) for start in range(0, n, batch_size)]
+    world = 1 if _SHARDED.get() else distributed.world_size()
+    mine = range(distributed.rank(), len(parts), world) if world > 1 else range(len(parts))
+    outputs = {}
+    token = _SHARDED.set(_SHARDED.get() or world > 1)
+    try:
+        with Progress(disable=not progress, transient=True) as bar, torch.no_grad():
+            task = bar.add_task(description, total=sum(parts[j].stop - parts[j].start for j in mine))
+            for j in mine:
+                outputs[j] = fn(parts[j])
+                if world > 1 and outputs[j] is None:
+                    raise RuntimeError(
+                        f"{description}: the batch function returned None, so its results are side effects that "
+                        "cannot be gathered from several processes; return them from the function instead"
+                    )
+                bar.update(task, advance=parts[j].stop - parts[j].start)
+    finally:
+        _SHARDED.reset(token)
+    if world > 1:
+        for gathered in distributed.gather_objects(outputs):
+            outputs |= gathered
+    return [outputs[j] for j in range(len(parts))]
 
 
 def sample_all(

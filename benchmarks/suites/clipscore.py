@@ -71,13 +71,14 @@ class ClipScoreSuite(Suite):
         if not entries:
             raise NotApplicable(f"world {world.name!r} has no prompts to generate from")
         if o.clip_path is not None:
-            clip, clip_name = load_clip_folder(o.clip_path), str(o.clip_path)
+            clip, clip_name, accuracy = load_clip_folder(o.clip_path), str(o.clip_path), None
         else:
             try:
                 clip = load_eval_clip(world.name, world.resolution)
             except FileNotFoundError as missing:
                 raise NotApplicable(str(missing)) from None
             clip_name = f"eval-clip-{world.name}-{world.resolution}"
+            accuracy = clip.report.get("accuracy")  # held-out retrieval top-1 among 256 captions
         items = [(p, e) for p, e in enumerate(entries) for _ in range(o.images_per_prompt)]
         prompts = [e["prompt"] for _, e in items]
         seeds = [item_seed(seed, i) for i in range(len(items))]
@@ -95,6 +96,7 @@ class ClipScoreSuite(Suite):
             "clipscore": score,
             "clipscore_sem": float(per_item.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
             "clipscore_feature_hash": clip.weights_hash,
+            "clipscore_feature_accuracy": accuracy,
             "clipscore_model": clip_name,
             "clipscore_images": n,
         }

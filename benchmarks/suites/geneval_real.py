@@ -121,28 +121,31 @@ class GenevalRealSuite(Suite):
         detector = self.load_detector()
         items = [(p, meta) for p, meta in enumerate(metas) for _ in range(o.images_per_prompt)]
         seeds = [item_seed(seed, i) for i in range(len(items))]
-        rows: list[dict] = []
-        grid: dict[str, list[tuple[np.ndarray, str]]] = {}
-
-        def evaluate(part: slice) -> None:
+        def evaluate(part: slice) -> list[tuple[dict, np.ndarray]]:
+            """(row, image) per item of `part`: returned, not appended, so several processes can share the batches."""
             chunk = items[part]
             images = sample_all(generator, [m["prompt"] for _, m in chunk], seeds[part], len(chunk), "", False)
+            scored = []
             for i, (p, meta), image, found in zip(
                 range(part.start, part.stop), chunk, images, detector(images, [m for _, m in chunk]), strict=True
             ):
                 correct, reason = score([d for d, _ in found], meta, ranked=True)
-                rows.append(
-                    {
-                        "item": i, "prompt_index": p, "tag": meta["tag"], "prompt": meta["prompt"], "seed": seeds[i],
-                        "correct": bool(correct), "reason": reason,
-                        "detections": [asdict(d) | {"score": s} for d, s in found],
-                    }
-                )
-                shown = grid.setdefault(meta["tag"], [])
-                if len(shown) < o.grid_per_category:
-                    shown.append((image, meta["prompt"]))
+                row = {
+                    "item": i, "prompt_index": p, "tag": meta["tag"], "prompt": meta["prompt"], "seed": seeds[i],
+                    "correct": bool(correct), "reason": reason,
+                    "detections": [asdict(d) | {"score": s} for d, s in found],
+                }
+                scored.append((row, image))
+            return scored
 
-        in_batches(evaluate, len(items), o.batch_size, f"{generator.spec.name} geneval-real", progress)
+        rows: list[dict] = []
+        grid: dict[str, list[tuple[np.ndarray, str]]] = {}
+        for part in in_batches(evaluate, len(items), o.batch_size, f"{generator.spec.name} geneval-real", progress):
+            for row, image in part:
+                rows.append(row)
+                shown = grid.setdefault(row["tag"], [])
+                if len(shown) < o.grid_per_category:
+                    shown.append((image, row["prompt"]))
         tags = [t for t in TAGS if any(r["tag"] == t for r in rows)]
         per_task = {t: float(np.mean([r["correct"] for r in rows if r["tag"] == t])) for t in tags}
         by_prompt: dict[int, bool] = {}
