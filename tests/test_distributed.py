@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -191,10 +192,17 @@ def test_two_processes_train_like_one_and_resume_to_the_bit(tmp_path, one_thread
         assert ranks[r]["captions"] == single["captions"][r::2]
 
 
-def test_shard_needs_an_even_split_and_is_the_identity_in_one_process():
+def test_shard_needs_an_even_split_and_is_the_identity_in_one_process(monkeypatch):
     assert distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main()
     items = list(range(6))
     assert distributed.shard(items) is items
+    with monkeypatch.context() as m:  # rank 1 of 3 and of 4, without a process group
+        m.setattr(distributed, "world_size", lambda: 3)
+        m.setattr(distributed, "rank", lambda: 1)
+        assert distributed.shard(items) == [1, 4]
+        m.setattr(distributed, "world_size", lambda: 4)
+        with pytest.raises(ValueError, match="a batch of 6 does not split evenly over 4 processes; make the batch_size"):
+            distributed.shard(items)
     assert distributed.gather_objects({"a": 1}) == [{"a": 1}] and distributed.broadcast(3) == 3
     assert not distributed.init()  # WORLD_SIZE unset: nothing to join
     g = torch.ones(2, requires_grad=True)
