@@ -85,7 +85,8 @@ def train_ntm(
             return loss.float()
 
         name = "ntm" if transporter else "ntm-no-transporter"
-        ema, stats = fit(model, step_loss, train, f"train {name}", ctx.progress, state={"noise": gen})
+        state = {"noise": gen} | ({} if teacher is None else {"teacher_passes": teacher.pass_count()})
+        ema, stats = fit(model, step_loss, train, f"train {name}", ctx.progress, state=state)
         spent = 0 if teacher is None else teacher.calls
         ema.save_pretrained(
             directory, train=train.__dict__, stats=stats.__dict__, init=init, world=recipe["world"],

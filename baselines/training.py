@@ -72,6 +72,24 @@ class CountingTeacher(nn.Module):
     def encode_text(self, prompts: list[str]) -> Tensor:
         return self.teacher.encode_text(prompts)
 
+    def pass_count(self) -> PassCount:
+        """The count alone, as a `fit` state entry: a teacher used beside the model (not inside it, where
+        its extra state travels with the model's) keeps its count across a resumed training run."""
+        return PassCount(self)
+
+
+class PassCount:
+    """state_dict / load_state_dict of a CountingTeacher's count, for `ntm.train.fit(state=...)`."""
+
+    def __init__(self, teacher: CountingTeacher) -> None:
+        self.teacher = teacher
+
+    def state_dict(self) -> dict:
+        return {"calls": self.teacher.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.teacher.calls = int(state["calls"])
+
 
 def budget(ctx: BuildContext, train: TrainConfig, teacher_nfe: int, **extra: Any) -> dict[str, Any]:
     """The training budget a spec records and the tables show: same keys for every trained model."""

@@ -197,3 +197,32 @@ def test_sigkilled_reproduce_restarted_ends_bit_identical_to_an_uninterrupted_ru
     assert run.wait(timeout=180) == 0, log.read_text()
     assert contents(interrupted) == expected
     assert not any(p.name.endswith((".partial", ".lock")) or p.name.startswith(".") for p in checkpoints.iterdir())
+
+
+def test_a_resumed_ntm_training_keeps_its_teacher_pass_count(tmp_path, one_thread, monkeypatch):
+    """The alignment teacher sits beside the NTM, not inside it: its count must travel in the checkpoint."""
+    import dataclasses
+
+    import baselines.ntm as ntm_adapter
+    from benchmarks.presets import load_preset
+    from benchmarks.runner import train
+
+    path = tmp_path / "p.toml"
+    path.write_text(TINY_PRESET.replace("[train.ntm]\nsteps = 3\nbatch_size = 4", "[train.ntm]\nsteps = 6\nbatch_size = 4\ncheckpoint_every = 2"))
+    preset = load_preset(path)
+    preset = dataclasses.replace(preset, model_options=preset.model_options | {"ntm": {"init": "teacher", "align_steps": 6}})
+    whole = train(preset, tmp_path / "whole", "ntm", progress=False).spec.training["teacher_nfe"]
+    assert whole > 0
+    real_batch, calls = ntm_adapter.training_batch, {"n": 0}
+
+    def stop_at_five(world, step, *args):
+        if step == 5 and calls["n"] == 0:
+            calls["n"] += 1
+            raise Stop
+        return real_batch(world, step, *args)
+
+    monkeypatch.setattr(ntm_adapter, "training_batch", stop_at_five)
+    with pytest.raises(Stop):
+        train(preset, tmp_path / "cut", "ntm", progress=False)
+    resumed = train(preset, tmp_path / "cut", "ntm", progress=False).spec.training["teacher_nfe"]
+    assert resumed == whole
