@@ -61,6 +61,15 @@ def _split(names: str | None) -> list[str] | None:
     return [n.strip() for n in names.split(",") if n.strip()] if names else None
 
 
+def _audit_written(out: Path, findings: Any) -> Any:
+    """Say where the audit's findings went and how many lie below the truth; returns those rows."""
+    from benchmarks.audit.findings import below_truth
+
+    flagged = below_truth(findings)
+    console.print(f"wrote {out}/audit: summary.md, summary.csv, plots; {len(flagged)} of {len(findings)} below truth")
+    return flagged
+
+
 @app.command()
 @user_errors
 @distributed.command
@@ -90,9 +99,7 @@ def reproduce(
     if p.audit is not None:
         from benchmarks.audit.run import run_audit
 
-        findings = run_audit(p, out, device=device, progress=progress, reuse=True)
-        flagged = int(findings["verdict"].str.startswith("below truth").sum())
-        console.print(f"wrote {out}/audit: summary.md, summary.csv, plots; {flagged} of {len(findings)} below truth")
+        _audit_written(out, run_audit(p, out, device=device, progress=progress, reuse=True))
 
 
 @app.command("train")
@@ -196,9 +203,7 @@ def audit_likelihood(
 
     p = load_preset(preset)
     out = out or Path("results") / p.name
-    frame = run_audit(p, out, models=_split(models), device=device, progress=progress)
-    flagged = frame[frame["verdict"].str.startswith("below truth")]
-    console.print(f"wrote {out}/audit: summary.md, summary.csv, plots; {len(flagged)} of {len(frame)} below truth")
+    flagged = _audit_written(out, run_audit(p, out, models=_split(models), device=device, progress=progress))
     for row in flagged.itertuples():
         line = f"[bold red]{escape(row.verdict)}:[/bold red] {escape(row.model)}, {escape(row.check)}"
         errors.print(line, highlight=False)

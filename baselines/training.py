@@ -85,10 +85,10 @@ class PassCount:
         self.teacher = teacher
 
     def state_dict(self) -> dict:
-        return {"calls": self.teacher.calls}
+        return self.teacher.get_extra_state()
 
     def load_state_dict(self, state: dict) -> None:
-        self.teacher.calls = int(state["calls"])
+        self.teacher.set_extra_state(state)
 
 
 def budget(ctx: BuildContext, train: TrainConfig, teacher_nfe: int, **extra: Any) -> dict[str, Any]:

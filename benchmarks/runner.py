@@ -14,11 +14,11 @@ from torch import Tensor
 import benchmarks.reference  # noqa: F401  (registers the reference rows)
 from baselines.base import BuildContext, Generator, GeneratorSpec
 from baselines.registry import build, get_entry
-from ntm import distributed
 from benchmarks.presets import Preset
 from benchmarks.records import RecordStore, ensure_writable, protocol
 from benchmarks.suites import NotApplicable, Suite, SuiteResult, get_suite
 from benchmarks.worlds import get_world
+from ntm import distributed
 
 console = Console(stderr=True)
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
+
 COLUMNS = ("model", "part", "check", "value", "stderr", "unit", "verdict", "detail")
+BELOW_TRUTH = "below truth"
+"""How every verdict of an NLL below the exact NLL of its data begins (a bug, or a biased estimate)."""
 
 
 def finding(
@@ -18,3 +22,8 @@ def finding(
         "stderr": None if stderr is None else float(stderr),
         "unit": unit, "verdict": verdict, "detail": detail,
     }
+
+
+def below_truth(frame: pd.DataFrame) -> pd.DataFrame:
+    """The findings whose NLL lies below the truth: what `audit-likelihood` exits 1 on."""
+    return frame[frame["verdict"].str.startswith(BELOW_TRUTH)]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 
 from baselines.base import Generator
-from benchmarks.audit.findings import finding
+from benchmarks.audit.findings import BELOW_TRUTH, finding
 from benchmarks.audit.likelihood import score_images
 from benchmarks.suites.base import item_seed
 from benchmarks.suites.nll import bits_per_dim
@@ -48,7 +48,7 @@ class TruthGap:
     @property
     def verdict(self) -> str:
         if self.below_truth:
-            return "below truth: bug" if self.kind != "estimate" else "below truth: biased estimate"
+            return f"{BELOW_TRUTH}: bug" if self.kind != "estimate" else f"{BELOW_TRUTH}: biased estimate"
         return self.kind
 
     def rows(self) -> list[dict]:
