@@ -4,7 +4,7 @@ Every file is written atomically (temporary file + rename), and the summary is w
 its presence marks a finished piece: an interrupted run redoes only unfinished pieces and a
 finished one is never recomputed. Writes hold the store's lock (`benchmarks.locking`), so two runs
 sharing a folder write each piece once. Files are byte-identical across runs of the same command
-(the artifact archive carries no timestamps); only the summary's `wall_s` measures the run.
+(the artifact archive carries no timestamps); only the summary's `wall_s` (how long the run took) and `written_at` (when) differ.
 Tables and plots are built from these files alone.
 """
 
@@ -135,12 +135,43 @@ class RecordStore:
         return True
 
     def summaries(self) -> Iterator[dict]:
-        for path in sorted(self.root.glob("*/*.summary.json")):
+        """Every summary on disk, of every spec (see `latest` for what a table should show)."""
+        return self._load(sorted(self.root.glob("*/*.summary.json")))
+
+    @staticmethod
+    def _load(paths: list[Path]) -> Iterator[dict]:
+        for path in paths:
             try:
                 yield json.loads(path.read_text())
             except json.JSONDecodeError as err:
                 fix = "delete it and re-run to recompute that piece"
                 raise ValueError(f"record {path} is not valid JSON ({err}); {fix}") from None
+
+    def latest(self) -> tuple[list[dict], dict[str, list[str]]]:
+        """The summaries of each model's newest spec, and model -> the superseded spec hashes (12 digits).
+
+        A model retrained or reconfigured under the same name gets a new spec hash, and its old records stay
+        on disk (nothing is deleted); tables must not average them with the new ones as if they were seeds.
+        A spec's age is its newest record's `written_at` (records from before that field count as oldest),
+        then the summary files' modification times.
+        """
+        by_spec: dict[tuple[str, str], list[tuple[tuple[str, float], dict]]] = {}
+        for path in sorted(self.root.glob("*/*.summary.json")):
+            summary = next(iter(self._load([path])))
+            age = (str(summary.get("written_at", "")), path.stat().st_mtime)
+            by_spec.setdefault((summary["model"], summary["spec_hash"]), []).append((age, summary))
+        newest: dict[str, tuple[tuple[str, float], str]] = {}
+        for (model, spec_hash), found in by_spec.items():
+            age = max(a for a, _ in found)
+            if model not in newest or age > newest[model][0]:
+                newest[model] = (age, spec_hash)
+        current, superseded = [], {}
+        for (model, spec_hash), found in sorted(by_spec.items()):
+            if spec_hash == newest[model][1]:
+                current += [s for _, s in found]
+            else:
+                superseded.setdefault(model, []).append(spec_hash[:12])
+        return current, superseded
 
     def other_versions(self, suite: str, version: str) -> dict[str, list[str]]:
         """Records of `suite` at a version other than `version`: version -> record names."""

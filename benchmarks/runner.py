@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,7 @@ def evaluate(
                     "suite": suite.name, "suite_version": suite.version, "suite_options": suite.options.__dict__,
                     "seed": seed, "preset": preset.name, "world": preset.world, "resolution": preset.resolution,
                     "metrics": result.metrics, "wall_s": time.perf_counter() - start, "protocol": proto,
+                    "written_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
                 }
                 if not main:
                     continue

@@ -31,10 +31,11 @@ RATES = ("img_per_s", "nll_per_s")
 
 
 def summary_frame(store: RecordStore) -> pd.DataFrame:
-    """One row per model: spec columns, each metric's mean over seeds (and `<metric>_std` if > 1 seed)."""
+    """One row per model, from its newest spec's records (`RecordStore.latest`): spec columns, each
+    metric's mean over seeds (and `<metric>_std` if > 1 seed)."""
     per_model: dict[str, dict] = {}
     values: dict[tuple[str, str], list[float]] = {}
-    for s in store.summaries():
+    for s in store.latest()[0]:
         spec = s["spec"]
         training = spec.get("training") or {}
         row = per_model.setdefault(
@@ -266,7 +267,13 @@ def write_tables(out_dir: str | Path) -> pd.DataFrame:
     frame = summary_frame(store)
     if frame.empty:
         raise FileNotFoundError(f"no records under {store.root}; run `ntm-bench eval` or `ntm-bench reproduce` first")
-    info = protocol_summary(store.summaries())
+    current, superseded = store.latest()
+    info = protocol_summary(current)
+    info["warnings"] += [
+        f"{model} has records of an older spec ({', '.join(hashes)}), left out of this table: a retrained or "
+        f"reconfigured model; delete {store.root / model}/*.{{{','.join(hashes)}}}.* to drop them"
+        for model, hashes in sorted(superseded.items())
+    ]
     atomic_write_text(out_dir / "summary.csv", frame.to_csv(index=False))
     atomic_write_text(out_dir / "summary.md", to_markdown(frame) + "\n" + protocol_markdown(info))
     atomic_write_text(out_dir / "summary.tex", to_latex(frame))
@@ -282,7 +289,7 @@ def write_tables(out_dir: str | Path) -> pd.DataFrame:
         else:
             save_png(fig, path)
     first_seed: dict[str, dict] = {}
-    for s in store.summaries():
+    for s in current:
         if s["suite"] == "geneval" and s["seed"] <= first_seed.get(s["model"], s)["seed"]:
             first_seed[s["model"]] = s
     for model, s in first_seed.items():

@@ -6,6 +6,13 @@ z_i = (x_i - m_i) exp(-a_i) has a triangular Jacobian with log|det| = -sum_i a_i
 alternate their scan direction, so the composition is not triangular in any fixed order.
 The affine parameters are gated by (1 - t): f_T is exactly the identity at t = 1 (pure noise),
 and a zero-initialised output layer makes it the identity everywhere before training.
+
+With `spline_bins` K > 0, an element-wise monotone rational-quadratic spline (ntm.spline), one per
+channel with knots set by (t, c), runs before the affine blocks. An affine block is linear in its
+own patch, so it cannot bend one pixel's value: on data whose pixels sit at a few levels (the
+shapes world's channels are 0 or 255), the spline is what can close the gaps between levels, so a
+predictor unsure which level a pixel takes still fits it with one narrow Gaussian in u-space. Its
+parameters are gated by (1 - t) and come from a zero-initialised layer, like the blocks'.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ntm.backbone import PAD, Mlp
+from ntm.spline import rq_spline, spline_knots
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,8 @@ class TransporterConfig:
     heads: int = 2
     vocab_size: int = 0
     max_log_scale: float = 3.0
+    spline_bins: int = 0
+    spline_bound: float = 3.0
 
     def __post_init__(self) -> None:
         if self.resolution % self.patch:
@@ -43,6 +53,10 @@ class TransporterConfig:
             raise ValueError("channels, blocks and layers must all be >= 1")
         if self.vocab_size < 0 or not self.max_log_scale > 0:
             raise ValueError("vocab_size must be >= 0 and max_log_scale > 0")
+        if self.spline_bins < 0 or self.spline_bins == 1 or not self.spline_bound > 0:
+            raise ValueError(
+                f"spline_bins must be 0 (no spline) or >= 2 and spline_bound > 0, got {self.spline_bins}, {self.spline_bound}"
+            )
 
     @property
     def grid(self) -> int:
@@ -163,6 +177,30 @@ class _FlowBlock(nn.Module):
         return x.flip(1) if self.reverse else x
 
 
+class _SplineBlock(nn.Module):
+    """y = spline_c(x) element-wise, one rational-quadratic spline per channel, knots from (t, c)."""
+
+    def __init__(self, config: TransporterConfig) -> None:
+        super().__init__()
+        self.bins, self.bound, self.max_log_slope = config.spline_bins, config.spline_bound, config.max_log_scale
+        self.out = nn.Linear(config.width, config.channels * (3 * self.bins - 1))
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def _knots(self, cond: Tensor, gate: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        params = (gate.reshape(-1, 1) * self.out(cond)).unflatten(1, (-1, 3 * self.bins - 1))
+        widths, heights, slopes = params.split([self.bins, self.bins, self.bins - 1], dim=-1)
+        return spline_knots(widths, heights, slopes, self.bound, self.max_log_slope)
+
+    def forward(self, x: Tensor, cond: Tensor, gate: Tensor) -> tuple[Tensor, Tensor]:
+        """y (B, C, H, W) and log|det dy/dx| (B,): the sum of the element-wise log-slopes."""
+        y, log_slope = rq_spline(x.flatten(2), *self._knots(cond, gate), self.bound)
+        return y.view_as(x), log_slope.sum(dim=(1, 2))
+
+    def inverse(self, y: Tensor, cond: Tensor, gate: Tensor) -> Tensor:
+        return rq_spline(y.flatten(2), *self._knots(cond, gate), self.bound, inverse=True)[0].view_as(y)
+
+
 class Transporter(nn.Module):
     """f_T(x, t, c) -> (u, log|det du/dx|): causal affine blocks of alternating direction."""
 
@@ -175,6 +213,7 @@ class Transporter(nn.Module):
         self.blocks = nn.ModuleList(
             _FlowBlock(config, reverse=k % 2 == 1) for k in range(config.blocks)
         )
+        self.spline = _SplineBlock(config) if config.spline_bins else None
 
     def _condition(self, x: Tensor, t: Tensor, tokens: Tensor | None) -> tuple[Tensor, Tensor]:
         """Per-sample conditioning vector (time MLP + mean-pooled text) and the gate (1 - t)."""
@@ -203,8 +242,10 @@ class Transporter(nn.Module):
     def forward(self, x: Tensor, t: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """u = f_T(x, t, c) and log|det du/dx| (B,), the |det J| of p(x_s | x_t, c) (DESIGN)."""
         cond, gate = self._condition(x, t, tokens)
-        h = self.patchify(x)
         logdet = x.new_zeros(x.shape[0])
+        if self.spline is not None:
+            x, logdet = self.spline(x, cond, gate)
+        h = self.patchify(x)
         for block in self.blocks:
             h, block_logdet = block(h, cond, gate)
             logdet = logdet + block_logdet
@@ -216,4 +257,5 @@ class Transporter(nn.Module):
         h = self.patchify(u)
         for block in reversed(self.blocks):
             h = block.inverse(h, cond, gate)
-        return self.unpatchify(h)
+        x = self.unpatchify(h)
+        return x if self.spline is None else self.spline.inverse(x, cond, gate)

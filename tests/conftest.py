@@ -22,7 +22,7 @@ suites = ["geneval", "nll"]
 [backbone]
 size = "tiny"
 patch = 4
-transporter = { width = 32, blocks = 2 }
+transporter = { width = 32, blocks = 2, spline_bins = 8 }
 
 [train.flow_matching]
 steps = 3

@@ -18,7 +18,7 @@ from ntm.model import NTM
 def trained_ntm(one_thread, tmp_path_factory):
     """An NTM trained 30 steps on the 8 px gaussian world (about 2 s), with eight held-out images."""
     world = GaussianWorld()
-    backbone = {"size": "tiny", "patch": 4, "transporter": {"width": 32, "blocks": 2}}
+    backbone = {"size": "tiny", "patch": 4, "transporter": {"width": 32, "blocks": 2, "spline_bins": 8}}
     ctx = BuildContext(world, torch.device("cpu"), tmp_path_factory.mktemp("ckpt"), backbone,
                        {"ntm": {"steps": 30, "batch_size": 8, "warmup": 5}}, progress=False)
     model = NTM.from_pretrained(train_ntm(ctx, transporter=True)).eval()

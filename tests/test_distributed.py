@@ -36,7 +36,7 @@ suites = ["geneval", "nll"]
 [backbone]
 size = "tiny"
 patch = 4
-transporter = { width = 32, blocks = 2 }
+transporter = { width = 32, blocks = 2, spline_bins = 8 }
 
 [train.flow_matching]
 steps = 20
@@ -242,8 +242,8 @@ def test_reproduce_on_two_processes_records_what_one_process_records(tmp_path, o
     for record, summary in summaries[0].items():
         other = summaries[1][record]
         assert_same(summary["metrics"], other["metrics"], record)
-        assert {k: v for k, v in summary.items() if k not in ("wall_s", "protocol", "metrics")} == {
-            k: v for k, v in other.items() if k not in ("wall_s", "protocol", "metrics")
+        assert {k: v for k, v in summary.items() if k not in ("wall_s", "written_at", "protocol", "metrics")} == {
+            k: v for k, v in other.items() if k not in ("wall_s", "written_at", "protocol", "metrics")
         }
         assert_same(stores[0].rows(summary), stores[1].rows(other), record)
         artifacts = stores[0].artifacts(summary), stores[1].artifacts(other)

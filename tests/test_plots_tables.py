@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +212,29 @@ def test_sample_grid_shows_each_prompt():
     assert titles == [prompt_label(p) for p in prompts]
     shown = ["a red circle", "a green square above a blue triangle", "three circles"]  # "a photo of " dropped
     assert [t.replace("\n", " ") for t in titles] == shown
+
+
+def test_a_retrained_model_shows_its_newest_spec_only_and_the_old_records_are_kept(tmp_path):
+    store = RecordStore(tmp_path / "records")
+    record(store, "ntm", "geneval", 0, geneval(0.5))
+    old = dict(SPECS)
+    SPECS["ntm"] = GeneratorSpec("ntm", "ntm", 4, 8, 1_000_000, "w1-retrained")
+    try:
+        record(store, "ntm", "geneval", 0, geneval(0.1))
+    finally:
+        SPECS.clear()
+        SPECS.update(old)
+    # the runner stamps `written_at`; the newer spec wins even if file times say otherwise
+    for path in (tmp_path / "records" / "ntm").glob("*.summary.json"):
+        summary = json.loads(path.read_text())
+        newer = summary["metrics"]["geneval_overall"] == 0.1
+        summary["written_at"] = "2026-01-02" if newer else "2026-01-01"
+        path.write_text(json.dumps(summary))
+        if newer:
+            os.utime(path, (0, 0))  # an old file time (as after a copy) must not outrank written_at
+    frame = write_tables(tmp_path).set_index("model")
+    assert frame.loc["ntm", "seeds"] == 1 and frame.loc["ntm", "geneval_overall"] == pytest.approx(0.1)
+    assert "geneval_overall_std" not in frame.columns  # not averaged as if the two specs were two seeds
+    warnings = json.loads((tmp_path / "protocol.json").read_text())["warnings"]
+    assert any("ntm has records of an older spec" in w for w in warnings)
+    assert len(list((tmp_path / "records" / "ntm").glob("*.summary.json"))) == 2  # nothing deleted

@@ -142,7 +142,7 @@ def kill_when(process: subprocess.Popen, ready: Callable[[], bool], what: str) -
 
 def contents(out: Path) -> dict[str, object]:
     """Every file under checkpoints/ and records/ (hidden ones too): weights by sha256, summaries minus the
-    run's wall time, other record files as bytes. Configs of checkpoints hold the training wall time and are
+    run's wall time and write time, other record files as bytes. Configs of checkpoints hold the training wall time and are
     compared without it."""
     found: dict[str, object] = {}
     for path in sorted(p for folder in ("checkpoints", "records") for p in (out / folder).rglob("*")):
@@ -150,7 +150,7 @@ def contents(out: Path) -> dict[str, object]:
         if path.is_dir():
             found[name] = "dir"
         elif path.name.endswith(".summary.json"):
-            found[name] = json.loads(path.read_text()) | {"wall_s": None}
+            found[name] = json.loads(path.read_text()) | {"wall_s": None, "written_at": None}
         elif path.name == "config.json":
             config = json.loads(path.read_text())
             config["metadata"]["stats"] |= {"wall_s": None, "samples_per_s": None}

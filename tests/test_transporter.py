@@ -10,8 +10,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
+# with the element-wise spline in front of the affine blocks, so every test below covers it too
 CONFIG = TransporterConfig(
-    resolution=4, channels=3, patch=2, width=16, blocks=2, layers=2, heads=2, vocab_size=7
+    resolution=4, channels=3, patch=2, width=16, blocks=2, layers=2, heads=2, vocab_size=7, spline_bins=4
 )
 
 
@@ -155,3 +156,21 @@ def test_unconditional_float32_and_config_round_trip():
         model(x, torch.tensor(0.3), torch.ones(2, 3, dtype=torch.long))
     with pytest.raises(ValueError):
         TransporterConfig(resolution=8, channels=1, patch=3)
+    with pytest.raises(ValueError, match="spline_bins"):
+        TransporterConfig(resolution=8, channels=1, patch=4, spline_bins=1)
+
+
+def test_spline_bends_single_pixels_where_affine_blocks_cannot():
+    """Without the spline, f_T is affine in any one pixel (the others held fixed); with it, it is not."""
+    for bins, bent in ((0, False), (4, True)):
+        model = _model(TransporterConfig(**(CONFIG.to_dict() | {"spline_bins": bins})))
+        x, t, tokens = _inputs(1)
+        values = torch.linspace(-2, 2, 9, dtype=torch.float64)
+        outputs = []
+        for v in values:
+            probe = x.clone()
+            probe[0, 1, 2, 3] = v
+            with torch.no_grad():
+                outputs.append(model(probe, t, tokens)[0][0, 1, 2, 3])
+        second_difference = torch.stack(outputs).diff(n=2).abs().max()
+        assert (second_difference > 1e-6) == bent, (bins, second_difference)
