@@ -10,6 +10,7 @@ With no transporter (f_T = id) this is Gaussian few-step diffusion with a learne
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 from ntm.backbone import BackboneConfig
 from ntm.checkpoint import PretrainedMixin
 from ntm.guidance import guide_gaussian
-from ntm.predictor import Predictor, per_sample, predictor_config
+from ntm.predictor import Predictor, VelocityPredictor, per_sample, predictor_config
 from ntm.schedule import posterior, sample_t_min, time_grid, transition
 from ntm.teacher import FlowMatchingTeacher
 from ntm.transporter import Transporter, TransporterConfig
@@ -30,9 +31,13 @@ _LOG_2PI = math.log(2 * math.pi)
 
 @dataclass(frozen=True)
 class NTMConfig:
-    """Everything needed to rebuild an NTM; `transporter=None` means f_T = id (the Gaussian baseline)."""
+    """Everything needed to rebuild an NTM; `transporter=None` means f_T = id (the Gaussian baseline).
 
-    predictor: BackboneConfig
+    `predictor=None` marks an NTM around a foreign velocity network (`NTM.from_velocity`), whose
+    architecture this config cannot describe.
+    """
+
+    predictor: BackboneConfig | None
     transporter: TransporterConfig | None = None
     steps: int = 4
     shift: float = 1.0
@@ -49,7 +54,7 @@ class NTMConfig:
         if not (0 <= self.t_min_high < 1 and 0 < self.t_min_eval < 1):
             raise ValueError(f"need 0 <= t_min_high < 1 and 0 < t_min_eval < 1, got {self.t_min_high}, {self.t_min_eval}")
         p, f = self.predictor, self.transporter
-        if f is not None and (f.resolution, f.channels) != (p.resolution, p.in_channels):
+        if f is not None and p is not None and (f.resolution, f.channels) != (p.resolution, p.in_channels):
             raise ValueError(
                 f"transporter ({f.resolution} px, {f.channels} channels) does not match the predictor "
                 f"({p.resolution} px, {p.in_channels} channels)"
@@ -57,7 +62,7 @@ class NTMConfig:
 
     def to_dict(self) -> dict:
         return {
-            "predictor": self.predictor.to_dict(),
+            "predictor": None if self.predictor is None else self.predictor.to_dict(),
             "transporter": None if self.transporter is None else self.transporter.to_dict(),
             "steps": self.steps,
             "shift": self.shift,
@@ -69,12 +74,12 @@ class NTMConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> NTMConfig:
-        transporter = d["transporter"]
+        transporter, predictor = d["transporter"], d["predictor"]
         return cls(
             **(
                 d
                 | {
-                    "predictor": BackboneConfig.from_dict(d["predictor"]),
+                    "predictor": None if predictor is None else BackboneConfig.from_dict(predictor),
                     "transporter": None if transporter is None else TransporterConfig.from_dict(transporter),
                 }
             )
@@ -115,10 +120,14 @@ class NTM(PretrainedMixin, nn.Module):
 
     KIND = "ntm"
 
-    def __init__(self, config: NTMConfig) -> None:
+    def __init__(self, config: NTMConfig, predictor: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config
-        self.predictor = Predictor(config.predictor, config.data_variance)
+        if (predictor is None) == (config.predictor is None):
+            raise ValueError(
+                "give either config.predictor (the shared backbone) or a predictor module (NTM.from_velocity), not both or neither"
+            )
+        self.predictor = Predictor(config.predictor, config.data_variance) if predictor is None else predictor
         self.transporter = None if config.transporter is None else Transporter(config.transporter)
 
     def encode_text(self, prompts: list[str]) -> Tensor:
@@ -339,6 +348,25 @@ class NTM(PretrainedMixin, nn.Module):
         model.predictor.load_state_dict(Predictor.from_teacher(teacher).state_dict())
         return model
 
+    @classmethod
+    def from_velocity(
+        cls, velocity: nn.Module, config: NTMConfig, channels: int, encode_text: Callable[[list[str]], Tensor] | None = None
+    ) -> NTM:
+        """NTM whose every step is `velocity`'s posterior step (sigma = C), f_T = id: init from any velocity network.
+
+        `velocity(x, t, tokens) -> v` follows this project's convention (`ntm.predictor.VelocityPredictor`); it
+        is wrapped, not copied, and trains with the NTM. `config.predictor` must be None. Such a model trains,
+        samples and scores like any NTM; on disk it is a state dict, reloaded by rebuilding it the same way.
+        Align it to a frozen copy of the same network with `alignment_loss(copy, ...)`.
+        """
+        if config.predictor is not None or config.data_variance is not None:
+            raise ValueError("from_velocity needs config.predictor = None and data_variance = None (sigma starts at C)")
+        if config.transporter is not None and config.transporter.channels != channels:
+            raise ValueError(f"the transporter has {config.transporter.channels} channels, the images {channels}")
+        probe = next((p for p in velocity.parameters()), None)
+        model = cls(config, VelocityPredictor(velocity, channels, encode_text=encode_text))
+        return model if probe is None else model.to(probe.device)
+
     def alignment_loss(
         self, teacher: FlowMatchingTeacher, x0: Tensor, tokens: Tensor, generator: torch.Generator
     ) -> Tensor:
@@ -368,4 +396,10 @@ class NTM(PretrainedMixin, nn.Module):
 
     @classmethod
     def from_config(cls, config: dict) -> NTM:
-        return cls(NTMConfig.from_dict(config["ntm"]))
+        parsed = NTMConfig.from_dict(config["ntm"])
+        if parsed.predictor is None:
+            raise ValueError(
+                "this NTM wraps a foreign velocity network, which a config cannot rebuild: build it again with "
+                "NTM.from_velocity(network, config) and load its state dict"
+            )
+        return cls(parsed)

@@ -11,6 +11,8 @@ teacher's posterior step with sigma_P = C.
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -97,3 +99,48 @@ class Predictor(nn.Module):
         state["out.bias"] = torch.cat([source.out.bias, torch.zeros_like(source.out.bias)])
         model.net.load_state_dict(state)
         return model.to(source.out.weight.device)
+
+
+class VelocityPredictor(nn.Module):
+    """A predictor around any velocity network v(x, t, tokens) (e.g. a diffusers transformer behind an adapter).
+
+    mu_P = A u_t + B (u_t - t v(u_t, t, c)) and log sigma_P = log C + delta, where delta comes from a small
+    head over (u_t, v) and the times (t, s) whose last layer is zero-initialised: at initialisation the step
+    is exactly the velocity network's posterior step with sigma_P = C, as for `Predictor.from_teacher`.
+    The velocity network's convention must be this project's: x_t = (1 - t) x0 + t eps, v = eps - x0, t in
+    [0, 1] (t = 1 noise), returning a tensor of x's shape. Both the network and the head train.
+    """
+
+    def __init__(
+        self, velocity: nn.Module, channels: int, width: int = 32, encode_text: Callable[[list[str]], Tensor] | None = None
+    ) -> None:
+        super().__init__()
+        if encode_text is None and not callable(getattr(velocity, "encode_text", None)):
+            raise ValueError("pass encode_text (prompts -> token ids the velocity network reads) or give the network an encode_text method")
+        self.velocity = velocity
+        self._encode_text = encode_text
+        self.width = width
+        self.time = nn.Sequential(nn.Linear(2 * width, width), nn.SiLU(), nn.Linear(width, 2 * width))
+        self.inp = nn.Conv2d(2 * channels, width, 3, padding=1)
+        self.out = nn.Conv2d(width, channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def encode_text(self, prompts: list[str]) -> Tensor:
+        return self._encode_text(prompts) if self._encode_text is not None else self.velocity.encode_text(prompts)
+
+    def _times(self, t: Tensor, s: Tensor, like: Tensor) -> Tensor:
+        half = self.width // 2
+        freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=like.device, dtype=like.dtype) / half)
+        feats = [torch.cat([torch.cos(1000 * x.to(like)[:, None] * freqs), torch.sin(1000 * x.to(like)[:, None] * freqs)], 1) for x in (t, s)]
+        return self.time(torch.cat(feats, dim=1))
+
+    def forward(self, u_t: Tensor, t: Tensor, s: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """(mu_P, log sigma_P) for the step t -> s < t, as `Predictor.forward`."""
+        v = self.velocity(u_t, t.to(u_t.dtype), tokens)
+        scale, shift = self._times(t, s, u_t).chunk(2, dim=1)
+        h = self.inp(torch.cat([u_t, v], dim=1)) * (1 + scale[..., None, None]) + shift[..., None, None]
+        delta = self.out(nn.functional.silu(h))
+        A, B, C = posterior(s.double(), t.double())
+        mu = per_sample(A, u_t) * u_t + per_sample(B, u_t) * (u_t - per_sample(t, u_t) * v)
+        return mu, per_sample(C.log(), u_t) + delta
