@@ -11,13 +11,12 @@ teacher's posterior step with sigma_P = C.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from ntm.backbone import DiT, BackboneConfig
+from ntm.backbone import DiT, BackboneConfig, timestep_embedding
 from ntm.schedule import posterior
 from ntm.teacher import FlowMatchingTeacher
 
@@ -130,10 +129,8 @@ class VelocityPredictor(nn.Module):
         return self._encode_text(prompts) if self._encode_text is not None else self.velocity.encode_text(prompts)
 
     def _times(self, t: Tensor, s: Tensor, like: Tensor) -> Tensor:
-        half = self.width // 2
-        freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=like.device, dtype=like.dtype) / half)
-        feats = [torch.cat([torch.cos(1000 * x.to(like)[:, None] * freqs), torch.sin(1000 * x.to(like)[:, None] * freqs)], 1) for x in (t, s)]
-        return self.time(torch.cat(feats, dim=1))
+        feats = torch.cat([timestep_embedding(t, self.width), timestep_embedding(s, self.width)], dim=1)
+        return self.time(feats.to(like.dtype))
 
     def forward(self, u_t: Tensor, t: Tensor, s: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """(mu_P, log sigma_P) for the step t -> s < t, as `Predictor.forward`."""
