@@ -95,6 +95,14 @@ class RecordKey:
         return f"{self.model}/{self.suite}.v{self.suite_version}.seed{self.seed}.{self.spec_hash[:12]}"
 
 
+def _read_summary(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        fix = "delete it and re-run to recompute that piece"
+        raise ValueError(f"record {path} is not valid JSON ({err}); {fix}") from None
+
+
 class RecordStore:
     """The records folder of a results directory."""
 
@@ -136,16 +144,7 @@ class RecordStore:
 
     def summaries(self) -> Iterator[dict]:
         """Every summary on disk, of every spec (see `latest` for what a table should show)."""
-        return self._load(sorted(self.root.glob("*/*.summary.json")))
-
-    @staticmethod
-    def _load(paths: list[Path]) -> Iterator[dict]:
-        for path in paths:
-            try:
-                yield json.loads(path.read_text())
-            except json.JSONDecodeError as err:
-                fix = "delete it and re-run to recompute that piece"
-                raise ValueError(f"record {path} is not valid JSON ({err}); {fix}") from None
+        return (_read_summary(path) for path in sorted(self.root.glob("*/*.summary.json")))
 
     def latest(self) -> tuple[list[dict], dict[str, list[str]]]:
         """The summaries of each model's newest spec, and model -> the superseded spec hashes (12 digits).
@@ -157,7 +156,7 @@ class RecordStore:
         """
         by_spec: dict[tuple[str, str], list[tuple[tuple[str, float], dict]]] = {}
         for path in sorted(self.root.glob("*/*.summary.json")):
-            summary = next(iter(self._load([path])))
+            summary = _read_summary(path)
             age = (str(summary.get("written_at", "")), path.stat().st_mtime)
             by_spec.setdefault((summary["model"], summary["spec_hash"]), []).append((age, summary))
         newest: dict[str, tuple[tuple[str, float], str]] = {}

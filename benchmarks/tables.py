@@ -33,9 +33,13 @@ RATES = ("img_per_s", "nll_per_s")
 def summary_frame(store: RecordStore) -> pd.DataFrame:
     """One row per model, from its newest spec's records (`RecordStore.latest`): spec columns, each
     metric's mean over seeds (and `<metric>_std` if > 1 seed)."""
+    return _frame(store.latest()[0])
+
+
+def _frame(summaries: list[dict]) -> pd.DataFrame:
     per_model: dict[str, dict] = {}
     values: dict[tuple[str, str], list[float]] = {}
-    for s in store.latest()[0]:
+    for s in summaries:
         spec = s["spec"]
         training = spec.get("training") or {}
         row = per_model.setdefault(
@@ -264,10 +268,10 @@ def write_tables(out_dir: str | Path) -> pd.DataFrame:
     """Rebuild summary.{csv,md,tex}, protocol.json, plots/*.png and samples/<model>.png from `out_dir/records`."""
     out_dir = Path(out_dir)
     store = RecordStore(out_dir / "records")
-    frame = summary_frame(store)
+    current, superseded = store.latest()
+    frame = _frame(current)
     if frame.empty:
         raise FileNotFoundError(f"no records under {store.root}; run `ntm-bench eval` or `ntm-bench reproduce` first")
-    current, superseded = store.latest()
     info = protocol_summary(current)
     info["warnings"] += [
         f"{model} has records of an older spec ({', '.join(hashes)}), left out of this table: a retrained or "

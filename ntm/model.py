@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from ntm.backbone import BackboneConfig
 from ntm.checkpoint import PretrainedMixin
 from ntm.guidance import guide_gaussian
-from ntm.predictor import Predictor, VelocityPredictor, per_sample, predictor_config
-from ntm.schedule import posterior, sample_t_min, time_grid, transition
+from ntm.predictor import Predictor, VelocityPredictor, per_sample, posterior_mean, predictor_config
+from ntm.schedule import sample_t_min, time_grid, transition
 from ntm.teacher import FlowMatchingTeacher
 from ntm.transporter import Transporter, TransporterConfig
 
@@ -383,9 +383,7 @@ class NTM(PretrainedMixin, nn.Module):
         with torch.no_grad():
             u_lower, _ = self.transport(traj[1:-1].flatten(0, 1), grid[:, 1:-1].T.reshape(-1), tokens.repeat(k - 1, 1))
             u_t = torch.cat([traj[0], u_lower])
-            A, B, _ = posterior(s, t)
-            v = teacher(u_t, t, tokens_k)
-            target = per_sample(A, u_t) * u_t + per_sample(B, u_t) * (u_t - per_sample(t, u_t) * v)
+            target, _, _ = posterior_mean(u_t, teacher(u_t, t, tokens_k), t, s)
         mu, _ = self.predictor(u_t, t, s, tokens_k)
         return (mu - target).square().flatten(1).mean(1).view(k, b).mean(0)
 

@@ -31,6 +31,17 @@ def per_sample(x: Tensor, like: Tensor) -> Tensor:
     return x.to(like.dtype).reshape(-1, *[1] * (like.ndim - 1))
 
 
+def posterior_mean(u_t: Tensor, v: Tensor, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The step t -> s around a velocity v: mu = A u_t + B (u_t - t v), and the posterior's B and C (float64).
+
+    The forward-posterior mean with x0 replaced by its flow-matching estimate u_t - t v; A, B, C are
+    computed in float64 (near t_0 -> 0, C and B are differences of nearly equal numbers).
+    """
+    A, B, C = posterior(s.double(), t.double())
+    mu = per_sample(A, u_t) * u_t + per_sample(B, u_t) * (u_t - per_sample(t, u_t) * v)
+    return mu, B, C
+
+
 class Predictor(nn.Module):
     """p(u_s | u_t, c) = N(mu_P, sigma_P^2 I), weights shared across all steps (DESIGN, NTM)."""
 
@@ -62,10 +73,7 @@ class Predictor(nn.Module):
     def forward(self, u_t: Tensor, t: Tensor, s: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """(mu_P, log sigma_P) for the step t -> s < t: mu_P = A u_t + B (u_t - t v_hat), log sigma_P = log sigma_0 + delta."""
         v_hat, delta = self.raw(u_t, t, s, tokens)
-        # the coefficients in float64: near t_0 -> 0, C and B are differences of nearly equal numbers
-        A, B, C = posterior(s.double(), t.double())
-        t_x = per_sample(t, u_t)
-        mu = per_sample(A, u_t) * u_t + per_sample(B, u_t) * (u_t - t_x * v_hat)
+        mu, B, C = posterior_mean(u_t, v_hat, t, s)
         return mu, per_sample(self.base_log_sigma(t.double(), B, C), u_t) + delta
 
     def base_log_sigma(self, t: Tensor, B: Tensor, C: Tensor) -> Tensor:
@@ -138,6 +146,5 @@ class VelocityPredictor(nn.Module):
         scale, shift = self._times(t, s, u_t).chunk(2, dim=1)
         h = self.inp(torch.cat([u_t, v], dim=1)) * (1 + scale[..., None, None]) + shift[..., None, None]
         delta = self.out(nn.functional.silu(h))
-        A, B, C = posterior(s.double(), t.double())
-        mu = per_sample(A, u_t) * u_t + per_sample(B, u_t) * (u_t - per_sample(t, u_t) * v)
+        mu, _, C = posterior_mean(u_t, v, t, s)
         return mu, per_sample(C.log(), u_t) + delta
