@@ -363,7 +363,7 @@ class NTM(PretrainedMixin, nn.Module):
             raise ValueError("from_velocity needs config.predictor = None and data_variance = None (sigma starts at C)")
         if config.transporter is not None and config.transporter.channels != channels:
             raise ValueError(f"the transporter has {config.transporter.channels} channels, the images {channels}")
-        probe = next((p for p in velocity.parameters()), None)
+        probe = next(velocity.parameters(), None)
         model = cls(config, VelocityPredictor(velocity, channels, encode_text=encode_text))
         return model if probe is None else model.to(probe.device)
 

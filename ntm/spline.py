@@ -75,17 +75,17 @@ def rq_spline(x: Tensor, xk: Tensor, yk: Tensor, dk: Tensor, bound: float, inver
         b = h * d0 - dy * bend
         c = -s * dy
         xi = (2 * c) / (-b - torch.sqrt((b.square() - 4 * a * c).clamp_min(0)))
-        out = x_in + (x0 - y0) + (w - h) * xi - h * xi * (1 - xi) * _correction(xi, s, d0, bend)
     else:
         xi = (x_in - x0) / w
-        out = x_in + (y0 - x0) + (h - w) * xi + h * xi * (1 - xi) * _correction(xi, s, d0, bend)
     one_minus = 1 - xi
     denominator = s + bend * xi * one_minus
+    # y - x = (y_k - x_k) + (h - w) xi + h xi (1 - xi) (d_k - s - bend xi) / denominator: every term is
+    # exactly 0 at s = d = 1
+    rational = h * xi * one_minus * ((d0 - s - bend * xi) / denominator)
+    if inverse:
+        out = x_in + (x0 - y0) + (w - h) * xi - rational
+    else:
+        out = x_in + (y0 - x0) + (h - w) * xi + rational
     numerator = s + (d1 - s) * xi.square() + (d0 - s) * one_minus.square()
     log_slope = 2 * torch.log(s) + torch.log(numerator) - 2 * torch.log(denominator)
     return torch.where(inside, out, x), torch.where(inside, log_slope, torch.zeros_like(log_slope))
-
-
-def _correction(xi: Tensor, s: Tensor, d0: Tensor, bend: Tensor) -> Tensor:
-    """(d_k - s_k - bend xi) / (s_k + bend xi (1 - xi)): the rational part, exactly 0 at s = d = 1."""
-    return (d0 - s - bend * xi) / (s + bend * xi * (1 - xi))

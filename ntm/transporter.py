@@ -202,7 +202,7 @@ class _SplineBlock(nn.Module):
 
 
 class Transporter(nn.Module):
-    """f_T(x, t, c) -> (u, log|det du/dx|): causal affine blocks of alternating direction."""
+    """f_T(x, t, c) -> (u, log|det du/dx|): an optional per-channel spline, then causal affine blocks of alternating direction."""
 
     def __init__(self, config: TransporterConfig) -> None:
         super().__init__()
