@@ -96,10 +96,42 @@ def reproduce(
     frame = write_tables(out)
     typer.echo(to_markdown(frame))
     console.print(f"wrote {out}/summary.csv, summary.md, summary.tex and samples/")
+    _diagnose(p, out, device)
     if p.audit is not None:
         from benchmarks.audit.run import run_audit
 
         _audit_written(out, run_audit(p, out, device=device, progress=progress, reuse=True))
+
+
+def _diagnose(p: Any, out: Path, device: str | None, models: list[str] | None = None) -> None:
+    from benchmarks.diagnose import diagnose as run_diagnose
+
+    steps, samples = run_diagnose(p, out, device=device, models=models)
+    console.print(f"wrote {steps} and {samples}")
+
+
+@app.command()
+@user_errors
+def diagnose(
+    preset: PresetOpt = "tiny",
+    out: Annotated[Path | None, typer.Option(help="Results folder (weights cached in OUT/checkpoints). Default: results/<preset>.")] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated models. Default: the preset's.")] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Per-step NLL, log-det and sigma of every NTM-family model, and empty/fragmented sample counts of every model.
+
+    Writes OUT/diagnostics/steps.csv (model, step, t, s, nll_per_dim, logdet_per_dim, sigma_mean; nats, on
+    held-out forward trajectories) and OUT/diagnostics/samples.csv (model, images, empty_fraction,
+    fragments_per_image), both on a validation range of held-out scenes. Also run by `reproduce`.
+    Example: ntm-bench diagnose --preset tiny
+    """
+    from benchmarks.presets import load_preset
+
+    p = load_preset(preset)
+    names = _split(models)
+    if models is not None and not names:
+        raise ValueError(f"--models {models!r} names no model; give comma-separated names (see `ntm-bench models`)")
+    _diagnose(p, out or Path("results") / p.name, device, names)
 
 
 @app.command("train")

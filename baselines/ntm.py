@@ -9,6 +9,7 @@ without it each step is Gaussian in x, which is few-step Gaussian diffusion with
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,36 +33,90 @@ DENOISER_RECIPE = "ntm_denoiser"
 INITS = ("scratch", "teacher")
 
 
-def ntm_config(ctx: BuildContext, transporter: bool, steps: int, data_variance: float | None = None) -> NTMConfig:
-    """The NTM for this context: the shared backbone as predictor, and the preset's transporter or none."""
+def ntm_config(
+    ctx: BuildContext, transporter: bool, steps: int, data_variance: float | None = None, step_counts: Sequence[int] = ()
+) -> NTMConfig:
+    """The NTM for this context: the shared backbone as predictor, and the preset's transporter or none.
+
+    The preset's `[backbone] transporter` table sets the transporter (width, blocks, layers, patch, mix, ...);
+    its patch defaults to the predictor's.
+    """
     backbone = teacher_backbone(ctx)
     f_t = None
     if transporter:
-        options = dict(ctx.backbone.get("transporter", {}))
+        options = {"patch": backbone.patch} | dict(ctx.backbone.get("transporter", {}))
         f_t = TransporterConfig(
-            resolution=backbone.resolution, channels=backbone.in_channels, patch=backbone.patch,
-            vocab_size=backbone.vocab_size, **options,
+            resolution=backbone.resolution, channels=backbone.in_channels, vocab_size=backbone.vocab_size, **options,
         )
-    return NTMConfig(predictor=predictor_config(backbone), transporter=f_t, steps=steps, data_variance=data_variance)
+    return NTMConfig(
+        predictor=predictor_config(backbone), transporter=f_t, steps=steps, data_variance=data_variance,
+        step_counts=tuple(step_counts),
+    )
+
+
+def at_steps(model: NTM, steps: int | None) -> NTM:
+    """`model` set to sample and score at `steps` (None: as built); it must be one of the step counts it trained over."""
+    if steps is None or steps == model.config.steps:
+        return model
+    trained = model.config.step_counts or (model.config.steps,)
+    if steps not in trained:
+        raise ValueError(f"this NTM was trained over {list(trained)} steps, not {steps}: set sample_steps to one of those")
+    model.config = dataclasses.replace(model.config, steps=steps)
+    return model
+
+
+class TrainingLog:
+    """Per-step NLLs, the alignment term and its share of the gradient, logged every `every` optimiser steps.
+
+    Held in `fit`'s state, so an interrupted run resumes with its log; saved in the checkpoint's metadata.
+    """
+
+    def __init__(self, every: int = 50) -> None:
+        self.every = every
+        self.rows: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return {"every": self.every, "rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.every, self.rows = state["every"], list(state["rows"])
+
+
+def _grad_norm(term: Tensor, params: list[torch.nn.Parameter]) -> float:
+    grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+    return float(torch.sqrt(sum(g.double().square().sum() for g in grads if g is not None)))
 
 
 def train_ntm(
     ctx: BuildContext, transporter: bool, steps: int = 4, init: str = "scratch", align_steps: int = 0,
-    data_variance: float | None = 1.0,
+    data_variance: float | None = 1.0, align_weight: float = 2.5, step_counts: Sequence[int] = (),
+    recipe_name: str = RECIPE, align_normalised: bool = True,
 ) -> Path:
     """The checkpoint folder of this NTM, trained on first use (all K steps per trajectory, end to end).
 
-    From scratch, delta = 0 stands for the reverse scale of Gaussian data of variance `data_variance`
-    (None: the posterior's C); from the teacher it stands for C, as the teacher's posterior step has.
+    delta = 0 stands for the reverse scale of Gaussian data of variance `data_variance` (None: the
+    posterior's C), from scratch and from the teacher alike: with C alone a teacher-initialised NTM starts
+    with an unbounded last-step loss as t_min -> 0. From the teacher, an alignment loss pulls the predictor's
+    mean to the teacher's posterior mean at `align_weight`, cosine-annealed to 0 over `align_steps` (-1: over
+    the whole run, whatever its budget).
+    `step_counts` (e.g. [4, 8, 16]) trains over several step counts, one drawn per batch; a batch of K steps
+    uses batch_size x steps / K trajectories, so every batch costs the same. The budget is the preset's
+    `[train.<recipe_name>]` table.
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; available: {', '.join(INITS)}")
-    train = TrainConfig.from_dict(ctx.train_config(RECIPE))
-    config = ntm_config(ctx, transporter, steps, None if init == "teacher" else data_variance)
+    train = TrainConfig.from_dict(ctx.train_config(recipe_name))
+    if align_steps < 0:
+        align_steps = train.steps
+    config = ntm_config(ctx, transporter, steps, data_variance, step_counts)
     world = ctx.world
     recipe = {"ntm": config.to_dict(), "train": train.__dict__, "init": init, "align_steps": align_steps, "world": getattr(world, "name", "?")}
     if init == "teacher":
         recipe["teacher"] = weights_hash(train_teacher(ctx))
+        if align_steps:
+            recipe |= {"align_weight": align_weight, "align_estimate": "one_step"}
+            if not align_normalised:
+                recipe["align_normalised"] = False
 
     def run(directory: Path) -> None:
         torch.manual_seed(train.seed)
@@ -74,26 +129,39 @@ def train_ntm(
             model = NTM(config)
         model = model.to(ctx.device)
         gen = torch.Generator().manual_seed(train.seed)
+        log = TrainingLog()
+        params = [p for p in model.parameters() if p.requires_grad]
 
         def step_loss(step: int) -> Tensor:
             x0, captions = training_batch(world, step, train.batch_size, train.seed, train.cfg_dropout, ctx.device)
+            k = model.draw_steps(gen)
+            keep = max(1, train.batch_size * steps // k)
+            x0, captions = x0[:keep], captions[:keep]
             tokens = model.encode_text(captions)
-            loss = model.loss(x0, tokens, gen).mean()
-            weight = alignment_weight(step, align_steps) if teacher is not None else 0.0
-            if weight > 0:
-                loss = loss + weight * model.alignment_loss(teacher, x0, tokens, gen).mean()
-            return loss.float()
+            nll, per_step = model.loss_terms(x0, tokens, gen, k)
+            loss = nll.mean()
+            weight = alignment_weight(step, align_steps, align_weight) if teacher is not None else 0.0
+            align = model.alignment_loss(teacher, x0, tokens, gen, k, align_normalised, one_step=True).mean() if weight > 0 else None
+            total = loss if align is None else loss + weight * align
+            if step % log.every == 0:
+                row = {"step": step, "steps": k, "nll_per_dim": loss.item(), "step_nll_per_dim": per_step.mean(0).tolist()}
+                if align is not None:
+                    nll_norm, align_norm = _grad_norm(loss, params), _grad_norm(weight * align, params)
+                    row |= {"align": align.item(), "align_weight": weight, "align_grad_share": align_norm / (align_norm + nll_norm)}
+                log.rows.append(row)
+            return total.float()
 
         name = "ntm" if transporter else "ntm-no-transporter"
-        state = {"noise": gen} | ({} if teacher is None else {"teacher_passes": teacher.pass_count()})
-        ema, stats = fit(model, step_loss, train, f"train {name}", ctx.progress, state=state)
+        state = {"noise": gen, "log": log} | ({} if teacher is None else {"teacher_passes": teacher.pass_count()})
+        ema, stats = fit(model, step_loss, train, f"train {name} ({recipe_name})", ctx.progress, state=state)
         spent = 0 if teacher is None else teacher.calls
         ema.save_pretrained(
             directory, train=train.__dict__, stats=stats.__dict__, init=init, world=recipe["world"],
-            training=budget(ctx, train, spent),
+            training=budget(ctx, train, spent, grad_norm_median=stats.grad_norm_median, grad_norm_max=stats.grad_norm_max),
+            log=log.rows,
         )
 
-    return ctx.checkpoint(RECIPE, recipe, run)
+    return ctx.checkpoint(recipe_name, recipe, run)
 
 
 class NTMGenerator(Generator):
@@ -102,18 +170,22 @@ class NTMGenerator(Generator):
     capabilities = Capabilities(likelihood=True, guidance=True, trajectory=True)
 
     def __init__(
-        self, model: NTM, name: str, guidance: float, bound_samples: int, weights: str, init: str, training: dict | None = None
+        self, model: NTM, name: str, guidance: float, bound_samples: int, weights: str, init: str,
+        training: dict | None = None, eta: float = 1.0,
     ) -> None:
-        self.model, self.guidance, self.bound_samples = model, guidance, bound_samples
+        if not 0 <= eta <= 1:
+            raise ValueError(f"{name}: eta must lie in [0, 1] (1: the ancestral sampler), got {eta}")
+        self.model, self.guidance, self.bound_samples, self.eta = model, guidance, bound_samples, eta
         k = model.config.steps
         family = "ntm" if model.transporter is not None else "gaussian"
+        sampler = {"sampler": "ancestral"} if eta == 1 else {"sampler": "eta", "eta": eta}
         self.spec = GeneratorSpec(
             name=name, family=family, steps=k, nfe=k * (1 if guidance in (0, 1) else 2),
             parameters=count_parameters(model), weights_hash=weights,
             settings={
                 "guidance": guidance, "t_min": model.config.t_min_eval, "init": init,
                 "transporter_inverse": model.transporter is not None, "bound_samples": bound_samples,
-            },
+            } | sampler,
             training=training or {},
         )
 
@@ -121,11 +193,17 @@ class NTMGenerator(Generator):
     def from_context(
         cls, ctx: BuildContext, name: str, transporter: bool = True, steps: int = 4, guidance: float = 1.0,
         init: str = "scratch", align_steps: int = 0, bound_samples: int = 8, data_variance: float | None = 1.0,
+        align_weight: float = 2.5, step_counts: Sequence[int] = (), recipe: str = RECIPE,
+        sample_steps: int | None = None, eta: float = 1.0, align_normalised: bool = True,
     ) -> NTMGenerator:
-        directory = train_ntm(ctx, transporter, steps, init, align_steps, data_variance)
+        """`steps` is the K the model is built for; `sample_steps` samples (and scores) the same weights at
+        another K it was trained over (`step_counts`); `eta` < 1 samples with `ntm.model.eta_step`."""
+        directory = train_ntm(
+            ctx, transporter, steps, init, align_steps, data_variance, align_weight, step_counts, recipe, align_normalised
+        )
         return cls(
-            NTM.from_pretrained(directory, ctx.device), name, guidance, bound_samples, weights_hash(directory), init,
-            read_metadata(directory).get("training"),
+            at_steps(NTM.from_pretrained(directory, ctx.device), sample_steps), name, guidance, bound_samples,
+            weights_hash(directory), init, read_metadata(directory).get("training"), eta,
         )
 
     @property
@@ -143,7 +221,7 @@ class NTMGenerator(Generator):
 
     @torch.no_grad()
     def sample(self, prompts: Sequence[str], seeds: Sequence[int], steps: int | None = None) -> Tensor:
-        return to_pixels(self.model.sample(*self._inputs(prompts, seeds, steps), self.guidance))
+        return to_pixels(self.model.sample(*self._inputs(prompts, seeds, steps), self.guidance, eta=self.eta))
 
     def log_likelihood(self, x: Tensor, prompts: Sequence[str], seeds: Sequence[int]) -> LikelihoodResult:
         bound = self.model.data_bound(x.to(self._device), self.model.encode_text(list(prompts)), self.bound_samples, list(seeds))
@@ -210,8 +288,9 @@ class NTMFastGenerator(NTMGenerator):
     def from_context(
         cls, ctx: BuildContext, name: str, steps: int = 4, guidance: float = 1.0, init: str = "scratch",
         align_steps: int = 0, data_variance: float | None = 1.0, denoiser_depth: int = 2,
+        align_weight: float = 2.5, step_counts: Sequence[int] = (), recipe: str = RECIPE,
     ) -> NTMFastGenerator:
-        ntm_dir = train_ntm(ctx, True, steps, init, align_steps, data_variance)
+        ntm_dir = train_ntm(ctx, True, steps, init, align_steps, data_variance, align_weight, step_counts, recipe)
         den_dir = train_denoiser(ctx, ntm_dir, guidance, denoiser_depth)
         model, denoiser = NTM.from_pretrained(ntm_dir, ctx.device), Denoiser.from_pretrained(den_dir, ctx.device)
         training = read_metadata(ntm_dir).get("training")

@@ -38,6 +38,8 @@ class ModelEntry:
     target: str
     options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    shares: str | None = None
+    """Another model whose preset options this one takes first: the same trained weights, sampled otherwise."""
 
     def load(self) -> type[Generator]:
         module, _, attr = self.target.partition(":")
@@ -49,11 +51,11 @@ _entry_points_loaded = False
 _FROM_ENTRY_POINTS: dict[str, ModelEntry] = {}
 
 
-def register(name: str, target: str | type, description: str = "", **options: Any) -> None:
-    """Register `name`; `target` is a Generator class or its lazy "module:Class" path."""
+def register(name: str, target: str | type, description: str = "", shares: str | None = None, **options: Any) -> None:
+    """Register `name`; `target` is a Generator class or its lazy "module:Class" path; `shares`: see ModelEntry."""
     if not isinstance(target, str):
         target = f"{target.__module__}:{target.__qualname__}"
-    _MODELS[name] = ModelEntry(name, target, options, description)
+    _MODELS[name] = ModelEntry(name, target, options, description, shares)
 
 
 def generator(name: str, description: str = "", **options: Any) -> Callable[[type], type]:
@@ -151,9 +153,41 @@ register(
     transporter=False,
 )
 register(
+    "ntm-8",
+    "baselines.ntm:NTMGenerator",
+    "the `ntm` weights sampled and scored at 8 steps (needs step_counts with 8 in the preset)",
+    shares="ntm",
+    transporter=True,
+    sample_steps=8,
+)
+register(
+    "ntm-eta0.5",
+    "baselines.ntm:NTMGenerator",
+    "the `ntm` weights with the eta = 0.5 u-space sampler (half the fresh noise; ancestral is eta = 1)",
+    shares="ntm",
+    transporter=True,
+    eta=0.5,
+)
+register(
+    "ntm-eta0",
+    "baselines.ntm:NTMGenerator",
+    "the `ntm` weights with the deterministic eta = 0 u-space sampler (DDIM-like from the step's mean)",
+    shares="ntm",
+    transporter=True,
+    eta=0.0,
+)
+register(
+    "ntm-scratch",
+    "baselines.ntm:NTMGenerator",
+    "NTM trained from scratch (no teacher) on its own budget, [train.ntm_scratch]",
+    transporter=True,
+    recipe="ntm_scratch",
+)
+register(
     "ntm-fast",
     "baselines.ntm:NTMFastGenerator",
     "NTM sampled with K predictor passes + its self-distilled denoiser (no transporter inverse)",
+    shares="ntm",
 )
 register(
     "consistency",

@@ -105,7 +105,7 @@ def run_bench(
     ensure_writable(out)
     teacher = teacher_name(preset)
     names = {"ntm": "ntm", "ntm-fast": "ntm-fast", "consistency": "consistency", "teacher": teacher}
-    models = {role: build(name, ctx, **preset.model_options.get(name, {})) for role, name in names.items()}
+    models = {role: build(name, ctx, **preset.options_for(name)) for role, name in names.items()}
     batch = ctx.world.batch(list(range(batch_size)), split="test")
     prompts, seeds = list(batch.captions), [item_seed(seed, i) for i in range(batch_size)]
     # held-out pixels with per-item uniform dequantisation, as the nll suite feeds them

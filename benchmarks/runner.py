@@ -56,7 +56,7 @@ def train(preset: Preset, out_dir: Path, model: str, device: str | None = None, 
     get_entry(model)
     ctx = build_context(preset, out_dir, device, progress and distributed.is_main())
     ensure_writable(out_dir)
-    return build(model, ctx, **(preset.model_options.get(model, {}) | options))
+    return build(model, ctx, **(preset.options_for(model) | options))
 
 
 def evaluate(
@@ -92,7 +92,7 @@ def evaluate(
     proto = protocol(str(ctx.device))
     written = []
     for name in models:
-        generator = CheckedGenerator(build(name, ctx, **preset.model_options.get(name, {})), world)
+        generator = CheckedGenerator(build(name, ctx, **preset.options_for(name)), world)
         for suite in suites:
             for seed in preset.seeds:
                 key = store.key(generator.spec, suite.name, suite.version, seed)

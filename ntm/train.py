@@ -43,6 +43,11 @@ from ntm.checkpoint import atomic_write_bytes
 RESUME_ONLY = ("checkpoint_every",)
 """TrainConfig fields that change how a run is checkpointed, never its weights: left out of recipe hashes."""
 
+SCHEDULES = ("constant", "cosine")
+LATER_DEFAULTS = {"schedule": "constant", "final_lr_ratio": 0.1}
+"""Fields added after recipes were first hashed: left out of a recipe while at these defaults, so
+every cache key written before they existed still names the same weights."""
+
 _BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
     "steps": (lambda v: v >= 1, ">= 1"),
     "batch_size": (lambda v: v >= 1, ">= 1"),
@@ -54,6 +59,8 @@ _BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
     "cfg_dropout": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "seed": (lambda v: v >= 0, ">= 0"),
     "checkpoint_every": (lambda v: v >= 0, ">= 0 (0 turns training checkpoints off)"),
+    "schedule": (lambda v: v in SCHEDULES, f"one of {SCHEDULES}"),
+    "final_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
 }
 
 
@@ -63,6 +70,8 @@ class TrainConfig:
 
     `checkpoint_every` is the training-checkpoint cadence in optimiser steps (0: none). It does not change
     the weights, so recipe hashes leave it out (`weights_recipe`) and cached models stay valid.
+    `schedule`: the learning rate after the linear warm-up, "constant" or "cosine" (down to
+    `final_lr_ratio` x lr at the last step).
     """
 
     steps: int = 1000
@@ -75,10 +84,17 @@ class TrainConfig:
     cfg_dropout: float = 0.1
     seed: int = 0
     checkpoint_every: int = 200
+    schedule: str = "constant"
+    final_lr_ratio: float = 0.1
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.type == "str":
+                check, bound = _BOUNDS[f.name]
+                if not check(value):
+                    raise ValueError(f"training option {f.name} = {value!r} must be {bound}")
+                continue
             integer = f.type == "int"
             wanted = (int,) if integer else (int, float)
             if isinstance(value, bool) or not isinstance(value, wanted):
@@ -98,26 +114,46 @@ class TrainConfig:
 
     def weights_recipe(self) -> dict[str, Any]:
         """The fields that shape the weights: what a cache key and a training checkpoint are checked against."""
-        return {k: v for k, v in self.__dict__.items() if k not in RESUME_ONLY}
+        return _shaping(self.__dict__)
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate at optimiser step `step` as a fraction of `lr`: linear warm-up, then the schedule."""
+        warm = min(1.0, (step + 1) / max(1, self.warmup))
+        if self.schedule == "constant" or step < self.warmup:
+            return warm
+        progress = min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))
+        return self.final_lr_ratio + (1 - self.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _shaping(train: Mapping[str, Any]) -> dict[str, Any]:
+    """Training fields without the resume-only knobs and without later fields left at their defaults."""
+    out = {k: v for k, v in train.items() if k not in RESUME_ONLY}
+    if out.get("schedule", "constant") == "constant":
+        out = {k: v for k, v in out.items() if k not in LATER_DEFAULTS}
+    return out
 
 
 def weights_recipe(recipe: Mapping[str, Any]) -> dict[str, Any]:
     """A model recipe (`{"train": train.__dict__, ...}`) without the resume-only training knobs.
 
-    Hashing this keeps every cache key what it was before `checkpoint_every` existed.
+    Hashing this keeps every cache key what it was before `checkpoint_every` (and the lr schedule) existed.
     """
     out = dict(recipe)
     if isinstance(out.get("train"), Mapping):
-        out["train"] = {k: v for k, v in out["train"].items() if k not in RESUME_ONLY}
+        out["train"] = _shaping(out["train"])
     return out
 
 
 @dataclass(frozen=True)
 class TrainStats:
+    """A finished run: its last-10% mean loss, wall time, and the gradient norms (before clipping) after warm-up."""
+
     steps: int
     final_loss: float
     wall_s: float
     samples_per_s: float
+    grad_norm_median: float = float("nan")
+    grad_norm_max: float = float("nan")
 
 
 def ema_decay(step: int, decay: float) -> float:
@@ -180,9 +216,9 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
 
 def _restore(
     path: Path, config: TrainConfig, modules: Mapping[str, Any], state: Mapping[str, Any]
-) -> tuple[int, list[float], list[dict[str, Any]] | None]:
-    """Load a training checkpoint into `modules` and `state`; (next step, losses so far, every rank's noise
-    generators when several processes wrote it, else None)."""
+) -> tuple[int, list[float], list[float], list[dict[str, Any]] | None]:
+    """Load a training checkpoint into `modules` and `state`; (next step, losses and gradient norms so far,
+    every rank's noise generators when several processes wrote it, else None)."""
     fix = f"delete {path} to train this model from step 0"
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -207,7 +243,8 @@ def _restore(
     torch.set_rng_state(payload["rng"]["torch"])
     if payload["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
-    return int(payload["step"]), list(payload["losses"]), payload.get("ranks")
+    norms = list(payload.get("grad_norms", [float("nan")] * len(payload["losses"])))
+    return int(payload["step"]), list(payload["losses"]), norms, payload.get("ranks")
 
 
 def _generators(state: Mapping[str, Any]) -> dict[str, torch.Generator]:
@@ -275,11 +312,13 @@ def fit(
         )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, config.lr_factor)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     modules = {"model": model, "ema": ema, "optimizer": opt, "scheduler": sched}
     path = _claim_checkpoint_path()
-    start, losses, streams = _restore(path, config, modules, state) if path is not None and path.is_file() else (0, [], None)
+    start, losses, grad_norms, streams = (
+        _restore(path, config, modules, state) if path is not None and path.is_file() else (0, [], [], None)
+    )
     if world > 1:
         _rank_streams(state, streams)
         starts = distributed.gather_objects(start)
@@ -299,7 +338,7 @@ def fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             distributed.average_gradients(params)
-            nn.utils.clip_grad_norm_(params, config.grad_clip)
+            grad_norms.append(float(nn.utils.clip_grad_norm_(params, config.grad_clip)))
             opt.step()
             sched.step()
             with torch.no_grad():
@@ -315,12 +354,17 @@ def fit(
                 if distributed.is_main():  # the others hold the same weights; their noise streams come along
                     payload = {name: m.state_dict() for name, m in modules.items()}
                     payload |= {
-                        "config": config.weights_recipe(), "step": done, "losses": losses, "rng": _rng_state(),
+                        "config": config.weights_recipe(), "step": done, "losses": losses, "grad_norms": grad_norms,
+                        "rng": _rng_state(),
                         "state": {name: _get_state(obj) for name, obj in state.items()},
                     } | ({"ranks": streams} if world > 1 else {})
                     _save(path, payload)
                 saved = done
     wall = max(time.perf_counter() - began, 1e-9)
     tail = losses[-max(1, len(losses) // 10) :]
-    stats = TrainStats(config.steps, sum(tail) / len(tail), wall, (config.steps - start) * config.batch_size / wall)
+    settled = sorted(grad_norms[config.warmup :]) or [float("nan")]
+    stats = TrainStats(
+        config.steps, sum(tail) / len(tail), wall, (config.steps - start) * config.batch_size / wall,
+        settled[len(settled) // 2], settled[-1],
+    )
     return ema, stats

@@ -4,15 +4,23 @@ Shallow TarFlow-style blocks (Zhai et al., 2024): each reads the image as a sequ
 and a causal transformer over patches < i gives the affine parameters of patch i, so
 z_i = (x_i - m_i) exp(-a_i) has a triangular Jacobian with log|det| = -sum_i a_i. Blocks
 alternate their scan direction, so the composition is not triangular in any fixed order.
-The affine parameters are gated by (1 - t): f_T is exactly the identity at t = 1 (pure noise),
-and a zero-initialised output layer makes it the identity everywhere before training.
+Zero-initialised output layers make f_T the identity before training. No gate ties it to t: the
+density of x_1 never passes through f_T (u_1 = x_1 is only a condition), and the first steps, where
+the posterior coefficient A is 0 and a step is an unconditional draw, need it most. (Checkpoints
+written before `time_gate` existed read as `time_gate = True`: every parameter scaled by (1 - t).)
+
+Within a patch the affine block treats the patch's values as independent given the earlier patches.
+With `mix = True`, each block starts with an invertible linear map of every patch's values,
+W(t, c) = L (diag(e^s) + U) with L unit lower- and U strictly upper-triangular, all set by (t, c)
+through a zero-initialised layer (so W = I at initialisation): log|det| = N sum_j s_j. At high noise
+the data within a patch are close to a correlated Gaussian, which such a map decorrelates exactly.
 
 With `spline_bins` K > 0, an element-wise monotone rational-quadratic spline (ntm.spline), one per
 channel with knots set by (t, c), runs before the affine blocks. An affine block is linear in its
 own patch, so it cannot bend one pixel's value: on data whose pixels sit at a few levels (the
 shapes world's channels are 0 or 255), the spline is what can close the gaps between levels, so a
 predictor unsure which level a pixel takes still fits it with one narrow Gaussian in u-space. Its
-parameters are gated by (1 - t) and come from a zero-initialised layer, like the blocks'.
+parameters come from a zero-initialised layer, like the blocks'.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ class TransporterConfig:
     max_log_scale: float = 3.0
     spline_bins: int = 0
     spline_bound: float = 3.0
+    mix: bool = False
+    time_gate: bool = False
 
     def __post_init__(self) -> None:
         if self.resolution % self.patch:
@@ -71,7 +81,8 @@ class TransporterConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TransporterConfig:
-        return cls(**d)
+        # configs saved before `time_gate` existed were gated by (1 - t)
+        return cls(**({"time_gate": True} | d))
 
 
 def time_features(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
@@ -134,7 +145,7 @@ class _FlowBlock(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def _affine(self, h: Tensor, gate: Tensor) -> tuple[Tensor, Tensor]:
-        """Shift m and soft-clamped log-scale a = M tanh(a / M), both gated by (1 - t)."""
+        """Shift m and soft-clamped log-scale a = M tanh(a / M), both times the gate."""
         m, a = self.out(self.norm(h)).chunk(2, dim=-1)
         a = self.max_log_scale * torch.tanh(a / self.max_log_scale)
         return gate * m, gate * a
@@ -177,6 +188,41 @@ class _FlowBlock(nn.Module):
         return x.flip(1) if self.reverse else x
 
 
+class _MixBlock(nn.Module):
+    """z_i = W(t, c) x_i for every patch i, W = L (diag(e^s) + U): an invertible (t, c)-set linear map within patches."""
+
+    def __init__(self, config: TransporterConfig) -> None:
+        super().__init__()
+        d = config.patch_dim
+        self.max_log_scale = config.max_log_scale
+        self.out = nn.Linear(config.width, d * d)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.register_buffer("strict_lower", torch.ones(d, d).tril(-1), persistent=False)
+
+    def _factors(self, cond: Tensor, gate: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Unit lower L, upper R = diag(e^s) + U (B, D, D), and s (B, D)."""
+        d = self.strict_lower.shape[0]
+        raw = (gate.reshape(-1, 1) * self.out(cond)).view(-1, d, d)
+        log_scale = self.max_log_scale * torch.tanh(raw.diagonal(dim1=1, dim2=2) / self.max_log_scale)
+        eye = torch.eye(d, dtype=raw.dtype, device=raw.device)
+        lower = eye + raw * self.strict_lower
+        upper = torch.diag_embed(log_scale.exp()) + raw * self.strict_lower.T
+        return lower, upper, log_scale
+
+    def forward(self, x: Tensor, cond: Tensor, gate: Tensor) -> tuple[Tensor, Tensor]:
+        """z (B, N, D) and log|det dz/dx| = N sum_j s_j, for patches x (B, N, D)."""
+        lower, upper, log_scale = self._factors(cond, gate)
+        z = x @ (lower @ upper).transpose(1, 2)
+        return z, x.shape[1] * log_scale.sum(1)
+
+    def inverse(self, z: Tensor, cond: Tensor, gate: Tensor) -> Tensor:
+        lower, upper, _ = self._factors(cond, gate)
+        # z^T = L R x^T: two triangular solves
+        y = torch.linalg.solve_triangular(lower, z.transpose(1, 2), upper=False, unitriangular=True)
+        return torch.linalg.solve_triangular(upper, y, upper=True).transpose(1, 2)
+
+
 class _SplineBlock(nn.Module):
     """y = spline_c(x) element-wise, one rational-quadratic spline per channel, knots from (t, c)."""
 
@@ -202,7 +248,8 @@ class _SplineBlock(nn.Module):
 
 
 class Transporter(nn.Module):
-    """f_T(x, t, c) -> (u, log|det du/dx|): an optional per-channel spline, then causal affine blocks of alternating direction."""
+    """f_T(x, t, c) -> (u, log|det du/dx|): an optional per-channel spline, then blocks of alternating direction,
+    each an optional within-patch linear mix followed by a causal affine map over patches."""
 
     def __init__(self, config: TransporterConfig) -> None:
         super().__init__()
@@ -214,9 +261,10 @@ class Transporter(nn.Module):
             _FlowBlock(config, reverse=k % 2 == 1) for k in range(config.blocks)
         )
         self.spline = _SplineBlock(config) if config.spline_bins else None
+        self.mixes = nn.ModuleList(_MixBlock(config) for _ in range(config.blocks)) if config.mix else None
 
     def _condition(self, x: Tensor, t: Tensor, tokens: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Per-sample conditioning vector (time MLP + mean-pooled text) and the gate (1 - t)."""
+        """Per-sample conditioning vector (time MLP + mean-pooled text) and the gate: (1 - t) with `time_gate`, else 1."""
         b = x.shape[0]
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1).expand(b)
         cond = self.time(time_features(t, self.config.width))
@@ -227,7 +275,8 @@ class Transporter(nn.Module):
             cond = cond + (self.text(tokens) * keep).sum(1) / keep.sum(1).clamp_min(1)
         elif tokens is not None:
             raise ValueError("this transporter has vocab_size 0 and takes no tokens")
-        return F.silu(cond), (1 - t)[:, None, None]
+        gate = (1 - t) if self.config.time_gate else torch.ones_like(t)
+        return F.silu(cond), gate[:, None, None]
 
     def patchify(self, x: Tensor) -> Tensor:
         b, ch, _, _ = x.shape
@@ -246,7 +295,10 @@ class Transporter(nn.Module):
         if self.spline is not None:
             x, logdet = self.spline(x, cond, gate)
         h = self.patchify(x)
-        for block in self.blocks:
+        for k, block in enumerate(self.blocks):
+            if self.mixes is not None:
+                h, mix_logdet = self.mixes[k](h, cond, gate)
+                logdet = logdet + mix_logdet
             h, block_logdet = block(h, cond, gate)
             logdet = logdet + block_logdet
         return self.unpatchify(h), logdet
@@ -255,7 +307,9 @@ class Transporter(nn.Module):
         """x = f_T^{-1}(u, t, c): blocks in reverse order, each autoregressive over patches."""
         cond, gate = self._condition(u, t, tokens)
         h = self.patchify(u)
-        for block in reversed(self.blocks):
-            h = block.inverse(h, cond, gate)
+        for k in reversed(range(len(self.blocks))):
+            h = self.blocks[k].inverse(h, cond, gate)
+            if self.mixes is not None:
+                h = self.mixes[k].inverse(h, cond, gate)
         x = self.unpatchify(h)
         return x if self.spline is None else self.spline.inverse(x, cond, gate)

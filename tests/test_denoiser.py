@@ -223,7 +223,7 @@ def test_distillation_loss_regresses_onto_the_tweedie_target_of_the_models_own_s
     with torch.no_grad():
         for i in range(4):
             t, s = times[i].expand(2), times[i + 1].expand(2)
-            u_t, _ = model.transport(x, t, tokens)
+            u_t = x if i == 0 else model.transport(x, t, tokens)[0]  # u_1 = x_1
             mu, log_sigma = model.step(u_t, t, s, tokens, null, 2.0)
             x = model.untransport(mu + log_sigma.exp() * noises[i + 1], s, tokens)
             traj.append(x)

@@ -284,7 +284,7 @@ def test_sampling_in_u_space_equals_inverting_at_every_step():
     with torch.no_grad():
         for i in range(4):
             t, s = times[i].expand(3), times[i + 1].expand(3)
-            u_t, _ = model.transport(x, t, tokens)
+            u_t = x if i == 0 else model.transport(x, t, tokens)[0]  # u_1 = x_1
             mu, log_sigma = model.predictor(u_t, t, s, tokens)
             x = model.untransport(mu + log_sigma.exp() * noises[i + 1], s, tokens)
     assert fast.shape == (3, 3, 8, 8) and fast.dtype == torch.float64
@@ -340,3 +340,120 @@ def test_config_validation():
         NTMConfig(config, mode="other")
     with pytest.raises(ValueError, match="n_times = 2"):
         Predictor(random_teacher().net.config)
+
+
+# --- the fine-tuning recipe (issue 14) -----------------------------------------------------------------
+
+
+def test_teacher_init_with_a_data_variance_base_keeps_the_teachers_mean_and_a_finite_last_step():
+    """sigma_0^2 = C^2 + B^2 Var(x0 | x_t): the teacher's mean, a scale that stays finite as t_min -> 0."""
+    teacher = random_teacher(1).double()
+    exact = NTM.from_teacher(teacher).double()
+    based = NTM.from_teacher(teacher, NTMConfig(predictor_config(teacher.net.config), data_variance=1.0)).double()
+    u, tokens = torch.randn(3, 3, 8, 8, dtype=torch.float64), based.encode_text(PROMPTS[:3])
+    t = torch.full((3,), 0.3, dtype=torch.float64)
+    s = torch.tensor([1e-2, 1e-4, 1e-6], dtype=torch.float64)
+    (mu_c, ls_c), (mu_b, ls_b) = exact.predictor(u, t, s, tokens), based.predictor(u, t, s, tokens)
+    assert torch.equal(mu_c, mu_b)
+    A, B, C = coefficients(s, t)
+    x0_variance = t**2 / ((1 - t) ** 2 + t**2)
+    torch.testing.assert_close(ls_b, col(0.5 * (C**2 + B**2 * x0_variance).log()).expand_as(ls_b), rtol=0, atol=1e-12)
+    # C vanishes with s and its last-step loss grows like 1/s^2; the base stays near sqrt(Var(x0 | x_t))
+    assert (ls_c[:, 0, 0, 0].diff() < -2).all() and ls_b.exp().min() > 0.3
+    x0 = torch.randn(8, 3, 8, 8, dtype=torch.float64).clamp(-1, 1)
+    tokens = based.encode_text(PROMPTS * 2)
+    losses = {}
+    for name, model in (("C", exact), ("base", based)):
+        model.config = dataclasses.replace(model.config, t_min_high=1e-4)
+        losses[name] = model.loss(x0, tokens, torch.Generator().manual_seed(0)).mean().item()
+    assert losses["C"] > 50 * max(losses["base"], 1.0)
+
+
+def test_normalised_alignment_is_half_the_squared_error_over_the_steps_variance():
+    teacher = random_teacher(2).double()
+    model = NTM.from_teacher(teacher, NTMConfig(predictor_config(teacher.net.config), data_variance=1.0)).double()
+    randomise(model.predictor)
+    x0, tokens = torch.randn(3, 3, 8, 8, dtype=torch.float64), model.encode_text(PROMPTS[:3])
+    plain = model.alignment_loss(teacher, x0, tokens, torch.Generator().manual_seed(0), normalised=False)
+    scaled = model.alignment_loss(teacher, x0, tokens, torch.Generator().manual_seed(0))
+    # recompute by hand from the same draw
+    times, traj = model._draw(x0, torch.Generator().manual_seed(0))
+    expected, squared = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    for i in range(4):
+        t, s = times[:, i], times[:, i + 1]
+        u_t = traj[i]
+        A, B, _ = coefficients(s, t)
+        target = col(A) * u_t + col(B) * (u_t - col(t) * teacher(u_t, t, tokens))
+        mu, log_sigma = model.predictor(u_t, t, s, tokens)
+        squared += (mu - target).square().flatten(1).mean(1) / 4
+        expected += 0.5 * ((mu - target) / log_sigma.exp()).square().flatten(1).mean(1) / 4
+    torch.testing.assert_close(plain, squared, rtol=1e-10, atol=0)
+    torch.testing.assert_close(scaled, expected, rtol=1e-10, atol=0)
+    # one_step: each sample scores the one step it draws after its trajectory
+    g = torch.Generator().manual_seed(0)
+    times, traj = model._draw(x0, g)
+    step = torch.randint(4, (3,), generator=g)
+    one = model.alignment_loss(teacher, x0, tokens, torch.Generator().manual_seed(0), one_step=True)
+    for b_ in range(3):
+        i = int(step[b_])
+        t, s = times[b_ : b_ + 1, i], times[b_ : b_ + 1, i + 1]
+        u_t = traj[i, b_ : b_ + 1]
+        A, B, _ = coefficients(s, t)
+        target = col(A) * u_t + col(B) * (u_t - col(t) * teacher(u_t, t, tokens[b_ : b_ + 1]))
+        mu, log_sigma = model.predictor(u_t, t, s, tokens[b_ : b_ + 1])
+        torch.testing.assert_close(one[b_], 0.5 * ((mu - target) / log_sigma.exp()).square().mean(), rtol=1e-10, atol=0)
+
+
+def test_one_model_trains_and_samples_over_several_step_counts():
+    teacher = random_teacher(0)
+    torch.manual_seed(0)
+    f = TransporterConfig(8, 3, 4, width=16, blocks=2, layers=1, heads=2, vocab_size=len(teacher.net.tokenizer), mix=True)
+    model = NTM(NTMConfig(predictor_config(teacher.net.config), f, steps=4, shift=3.0, step_counts=(4, 8))).double()
+    randomise(model)
+    x0, tokens = torch.randn(2, 3, 8, 8, dtype=torch.float64), model.encode_text(PROMPTS[:2])
+    drawn = {model.draw_steps(g) for g in [torch.Generator().manual_seed(i) for i in range(20)]}
+    assert drawn == {4, 8}
+    loss4, per4 = model.loss_terms(x0, tokens, torch.Generator().manual_seed(0), 4)
+    loss8, per8 = model.loss_terms(x0, tokens, torch.Generator().manual_seed(0), 8)
+    assert per4.shape == (2, 4) and per8.shape == (2, 8)
+    # the 8-step loss is the trajectory NLL / D scaled by 4 / 8
+    times, traj = model._draw(x0, torch.Generator().manual_seed(0), 8)
+    torch.testing.assert_close(loss8, -model.trajectory_log_prob(traj, times, tokens)[0] / 192 * 0.5, rtol=1e-12, atol=0)
+    assert model.sample(noises_for([1, 2], steps=8).double(), tokens).shape == (2, 3, 8, 8)
+    with pytest.raises(ValueError, match="K \\+ 1"):
+        model.sample(noises_for([1, 2], steps=6).double(), tokens)
+    with pytest.raises(ValueError, match="step_counts"):
+        NTMConfig(predictor_config(teacher.net.config), step_counts=(4, 0))
+
+
+def test_eta_sampler_spans_ancestral_and_ddim():
+    """eta = 1: mu + sigma z; eta = 0 with sigma = C: DDIM's (1 - s) x0_hat + s eps_hat (from the teacher init)."""
+    teacher = random_teacher(3).double()
+    model = NTM.from_teacher(teacher).double()
+    noises, tokens = noises_for([4, 5, 6]).double(), model.encode_text(PROMPTS[:3])
+    ancestral, _ = model.sample_u(noises, tokens, t_min=0.03)
+    torch.testing.assert_close(model.sample_u(noises, tokens, t_min=0.03, eta=1.0)[0], ancestral, rtol=0, atol=0)
+    states, grid = model.sample_u(noises, tokens, t_min=0.03, eta=0.0)
+    u = noises[0]
+    with torch.no_grad():
+        for i in range(4):
+            t, s = grid[:, i], grid[:, i + 1]
+            v = teacher(u, t, tokens)
+            x0_hat, eps_hat = u - col(t) * v, u + col(1 - t) * v
+            u = col(1 - s) * x0_hat + col(s) * eps_hat
+            torch.testing.assert_close(states[i + 1], u, rtol=0, atol=1e-10)
+    # deterministic: the fresh noises do not matter at eta = 0
+    other = noises.clone()
+    other[1:] = torch.randn_like(other[1:])
+    torch.testing.assert_close(model.sample_u(other, tokens, t_min=0.03, eta=0.0)[0], states, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="eta"):
+        model.sample_u(noises, tokens, eta=1.5)
+
+
+def test_step_diagnostics_add_up_to_the_trajectory_nll():
+    model = make_ntm(transporter=True)
+    x0, times, traj, tokens = draw(model)
+    log_p, per_step = model.trajectory_log_prob(traj, times, tokens)
+    terms = model.step_diagnostics(traj, times, tokens)
+    torch.testing.assert_close(-terms["nll_per_dim"] * 192, per_step, rtol=1e-12, atol=1e-9)
+    assert terms["logdet_per_dim"].abs().min() > 0 and (terms["sigma_mean"] > 0).all()

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from baselines.base import BuildContext, stable_hash
+from ntm.train import weights_recipe
 from ntm.checkpoint import is_saved, save_pretrained
 from ntm.train import TrainConfig, checkpointing, fit
 from tests.conftest import TINY_PRESET
@@ -112,6 +113,30 @@ def test_checkpoint_every_leaves_recipe_hashes_as_they_were(tmp_path):
         recipe = {"train": config.__dict__, "w": 1}
         saved = context(tmp_path).checkpoint("r", recipe, lambda d: save_pretrained(d, {}, {}))
         assert saved.name == expected
+    # the lr schedule came later too: at its default it leaves the names alone, a cosine schedule renames
+    constant = TrainConfig(steps=3, batch_size=8, schedule="constant", final_lr_ratio=0.5)
+    cosine = TrainConfig(steps=3, batch_size=8, schedule="cosine")
+    assert context(tmp_path).checkpoint("r", {"train": constant.__dict__, "w": 1}, lambda d: None).name == expected
+    assert stable_hash(weights_recipe({"train": cosine.__dict__, "w": 1})) != stable_hash({"train": before, "w": 1})
+
+
+def test_cosine_schedule_warms_up_then_decays_to_its_floor():
+    config = TrainConfig(steps=110, warmup=10, lr=1.0, schedule="cosine", final_lr_ratio=0.1)
+    factors = [config.lr_factor(s) for s in range(110)]
+    assert factors[:10] == [pytest.approx((s + 1) / 10) for s in range(10)]
+    assert factors[10] == pytest.approx(1.0) and factors[60] == pytest.approx(0.55) and factors[-1] == pytest.approx(0.1, abs=1e-3)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert TrainConfig(steps=110, warmup=10).lr_factor(100) == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="linear")
+
+
+def test_fit_reports_gradient_norms_after_warm_up(one_thread):
+    """Loss (step + 1) w has gradient norm step + 1: after 4 warm-up steps the norms are 5..12."""
+    model = nn.Linear(1, 1, bias=False)
+    config = TrainConfig(steps=12, batch_size=8, warmup=4, checkpoint_every=0)
+    _, stats = fit(model, lambda step: (step + 1.0) * model.weight.sum(), config, progress=False)
+    assert stats.grad_norm_max == pytest.approx(12.0) and stats.grad_norm_median == pytest.approx(9.0)
 
 
 KILL_PRESET = (
@@ -208,9 +233,10 @@ def test_a_resumed_ntm_training_keeps_its_teacher_pass_count(tmp_path, one_threa
     from benchmarks.runner import train
 
     path = tmp_path / "p.toml"
-    path.write_text(TINY_PRESET.replace("[train.ntm]\nsteps = 3\nbatch_size = 4", "[train.ntm]\nsteps = 6\nbatch_size = 4\ncheckpoint_every = 2"))
+    path.write_text(TINY_PRESET.replace("[train.ntm]\nsteps = 3\nbatch_size = 4", "[train.ntm]\nsteps = 6\nbatch_size = 4\nwarmup = 2\ncheckpoint_every = 2"))
     preset = load_preset(path)
-    preset = dataclasses.replace(preset, model_options=preset.model_options | {"ntm": {"init": "teacher", "align_steps": 6}})
+    options = {"init": "teacher", "align_steps": 6, "step_counts": [4, 8]}
+    preset = dataclasses.replace(preset, model_options=preset.model_options | {"ntm": options})
     whole = train(preset, tmp_path / "whole", "ntm", progress=False).spec.training["teacher_nfe"]
     assert whole > 0
     real_batch, calls = ntm_adapter.training_batch, {"n": 0}
@@ -226,3 +252,10 @@ def test_a_resumed_ntm_training_keeps_its_teacher_pass_count(tmp_path, one_threa
         train(preset, tmp_path / "cut", "ntm", progress=False)
     resumed = train(preset, tmp_path / "cut", "ntm", progress=False).spec.training["teacher_nfe"]
     assert resumed == whole
+    # the training log (per-step NLLs, the alignment's gradient share) and the gradient norms travel too
+    from ntm.checkpoint import read_metadata
+
+    metas = [read_metadata(next((tmp_path / run / "checkpoints").glob("ntm-*[!.lock]"))) for run in ("whole", "cut")]
+    # (at step 0 the predictor is the teacher: the alignment and its gradient share are 0)
+    assert metas[0]["log"] == metas[1]["log"] and metas[0]["log"][0]["align_grad_share"] == 0
+    assert metas[0]["stats"]["grad_norm_max"] == metas[1]["stats"]["grad_norm_max"]

@@ -118,7 +118,7 @@ def audit_key(preset: Preset, names: Sequence[str], o: AuditOptions) -> str:
     """Everything the audit's findings depend on besides the code: options, models and how they are trained."""
     return stable_hash([
         dataclasses.asdict(o), list(names), preset.world, preset.resolution, dict(preset.world_options),
-        preset.backbone, preset.train, {n: preset.model_options.get(n, {}) for n in names}, preset.seeds[0],
+        preset.backbone, preset.train, {n: preset.options_for(n) for n in names}, preset.seeds[0],
     ])
 
 
@@ -161,7 +161,7 @@ def run_audit(
     known = BuildContext(gaussian, dev, out_dir / "checkpoints", preset.backbone, budgets, progress)
     done: dict[str, tuple[str, list[dict]]] = {}
     for name in audited:
-        generator = build(name, known, **preset.model_options.get(name, {}))
+        generator = build(name, known, **preset.options_for(name))
         key = likelihood_identity(generator)
         if key in done:
             rows += _shared(done[key][1], name, done[key][0])
@@ -177,7 +177,7 @@ def run_audit(
     scored: dict[str, tuple[str, list[dict], OodResult]] = {}
     data_nll: dict[str, np.ndarray] = {}
     for name in audited:
-        generator = build(name, ctx, **preset.model_options.get(name, {}))
+        generator = build(name, ctx, **preset.options_for(name))
         key = likelihood_identity(generator)
         if key in scored:
             source, shared, result = scored[key]

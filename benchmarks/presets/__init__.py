@@ -35,6 +35,16 @@ class Preset:
     """The likelihood audit's options (`benchmarks.audit.options.AuditOptions`); with this table present,
     `ntm-bench reproduce` runs the audit after the suites. `audit-likelihood` takes the defaults without it."""
 
+    def options_for(self, name: str) -> dict[str, Any]:
+        """Model `name`'s options: those of the model it shares weights with (its registry entry's `shares`,
+        e.g. `ntm-8` and `ntm` are one trained model), as far as it takes them, then its own table."""
+        from baselines.registry import get_entry, model_options
+
+        shared = get_entry(name).shares
+        base = self.model_options.get(shared, {}) if shared else {}
+        valid = set(model_options(name))
+        return {k: v for k, v in base.items() if k in valid} | self.model_options.get(name, {})
+
 
 def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))

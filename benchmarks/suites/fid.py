@@ -35,8 +35,13 @@ class FidOptions:
     cache_dir: str | None = None
     device: str = "auto"
     grid: int = 16
+    first_index: int = 0
+    """Held-out scenes [first_index, first_index + 2 x images) are used; a validation run (choosing settings)
+    takes a range the evaluation (first_index = 0) does not."""
 
     def __post_init__(self) -> None:
+        if self.first_index < 0:
+            raise ValueError(f"fid first_index must be >= 0, got {self.first_index}")
         if self.features not in FEATURES:
             raise ValueError(f"fid features must be one of {FEATURES}, got {self.features!r}")
         if self.images < 2:
@@ -68,14 +73,14 @@ class FidSuite(Suite):
     def run(self, generator: Generator, world, seed: int, progress: bool = True) -> SuiteResult:
         o = self.options
         n = o.images
-        if hasattr(world, "split_size") and 2 * n > world.split_size("test"):
+        if hasattr(world, "split_size") and o.first_index + 2 * n > world.split_size("test"):
             raise NotApplicable(
                 f"fid needs 2 x images = {2 * n} distinct test images (reference + floor set); world "
                 f"{world.name!r} has {world.split_size('test')}: set suite option images <= "
                 f"{world.split_size('test') // 2}"
             )
         net = self._net(world)
-        real = world.batch(list(range(2 * n)), split="test")
+        real = world.batch(list(range(o.first_index, o.first_index + 2 * n)), split="test")
         prompts = real.captions[n:]
         seeds = [item_seed(seed, i) for i in range(n)]
         images = sample_all(generator, prompts, seeds, o.batch_size, f"{generator.spec.name} fid", progress)
@@ -97,8 +102,9 @@ class FidSuite(Suite):
             "fid_floor": fid_from_stats(held_out, reference),
             "kid_floor": kid_floor,
             "kid_floor_std": kid_floor_std,
-            "fid_reference": f"world {world.name!r} @ {world.resolution}px, test items [0, {n}); prompts and "
-                             f"floor set: test items [{n}, {2 * n})",
+            "fid_reference": f"world {world.name!r} @ {world.resolution}px, test items [{o.first_index}, "
+                             f"{o.first_index + n}); prompts and floor set: test items [{o.first_index + n}, "
+                             f"{o.first_index + 2 * n})",
             "fid_features": net.name,
             "fid_feature_hash": net.weights_hash,
             "fid_feature_accuracy": net.accuracy,

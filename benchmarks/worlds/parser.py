@@ -99,6 +99,16 @@ class SceneParser:
         detections.sort(key=lambda d: (-d.area, d.box[1], d.box[0]))
         return detections
 
+    def fragments(self, image: np.ndarray) -> int:
+        """Palette-coloured components too small to be an object (below the minimum area): the specks `__call__` drops."""
+        labels = self.labels(np.asarray(image))
+        min_area = max(3, round(self.min_area_fraction * labels.size))
+        count = 0
+        for k in range(1, len(self.colors) + 1):
+            components, n = ndimage.label(labels == k, structure=_EIGHT_CONNECTED)
+            count += int((np.bincount(components.ravel())[1:] < min_area).sum()) if n else 0
+        return count
+
     def _classify(self, mask: np.ndarray) -> str | None:
         h, w = mask.shape
         if max(h, w) > self.max_aspect * min(h, w):

@@ -217,6 +217,10 @@ class ShapesWorld(World):
             raise ValueError(f"expected a (3, {self.resolution}, {self.resolution}) image, got {image.shape}")
         return self._parser(image)
 
+    def fragments(self, image: np.ndarray) -> int:
+        """Coloured specks too small to be an object, which `detect` drops (`SceneParser.fragments`)."""
+        return self._parser.fragments(image)
+
     def _render(self, meta: dict, rng: np.random.Generator) -> np.ndarray:
         """Draw one scene holding exactly the included objects, in clear GenEval relations."""
         items = meta["include"]

@@ -1,0 +1,100 @@
+"""NTM ablation: the preset's NTM recipe with one of its changes undone per row, same seed and budget.
+
+Each row trains one NTM from the preset's teacher (reusing the preset's own checkpoints where the recipe is
+the same: the full recipe is the preset's `ntm`, "f_T = id" its `ntm-no-transporter`) and scores it with the
+preset's geneval, fid and nll suites (same prompts, seeds and sets for every row, so rows compare pairwise),
+plus the per-step NLL of the first two steps (`ntm-bench diagnose`, validation range) and the largest
+gradient norm after warm-up over its median. Writes OUT/ablation.csv and OUT/ablation.md.
+
+Usage: python scripts/ntm_ablation.py --preset tiny-long --out results/tiny-long-ablation
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.diagnose import diagnose  # noqa: E402
+from benchmarks.presets import load_preset  # noqa: E402
+from benchmarks.records import RecordStore  # noqa: E402
+from benchmarks.runner import evaluate, train  # noqa: E402
+from benchmarks.tables import summary_frame  # noqa: E402
+
+# name -> (model, transporter overrides, [train.ntm] overrides, model option overrides)
+VARIANTS: dict[str, tuple[str, dict, dict, dict]] = {
+    "recipe (every change)": ("ntm", {}, {}, {}),
+    "transporter 2 x 1 layers, no mix": ("ntm", {"layers": 1, "mix": False}, {}, {}),
+    "(1 - t) gate on f_T": ("ntm", {"time_gate": True}, {}, {}),
+    "sigma_0 = C at teacher init": ("ntm", {}, {}, {"data_variance": None}),
+    "lr 1e-3 constant": ("ntm", {}, {"lr": 1e-3, "schedule": "constant"}, {}),
+    "plain-MSE alignment, weight 1, 500 steps": ("ntm", {}, {}, {"align_normalised": False, "align_weight": 1.0, "align_steps": 500}),
+    "K = 4 only": ("ntm", {}, {}, {"step_counts": []}),
+    "f_T = id (ntm-no-transporter)": ("ntm-no-transporter", {}, {}, {}),
+}
+COLUMNS = ["variant", "model", "geneval_overall", "fid", "nll_bpd", "step1_nll_per_dim", "step2_nll_per_dim", "grad_norm_max_over_median"]
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny-long")
+    parser.add_argument("--out", type=Path, default=Path("results/tiny-long-ablation"))
+    parser.add_argument("--reuse", type=Path, default=None, help="checkpoints folder to reuse (default: results/<preset>/checkpoints)")
+    parser.add_argument("--variants", default=None, help="comma-separated subset of the variant slugs")
+    args = parser.parse_args()
+    preset = load_preset(args.preset)
+    reuse = (args.reuse or Path("results") / preset.name / "checkpoints").resolve()
+    shared = args.out / "checkpoints"
+    shared.mkdir(parents=True, exist_ok=True)
+    for folder in reuse.glob("*"):
+        if folder.is_dir() and not folder.name.endswith(".partial") and not (shared / folder.name).exists():
+            (shared / folder.name).symlink_to(folder)
+    wanted = set(args.variants.split(",")) if args.variants else None
+    rows = []
+    for name, (model, transporter, train_over, options) in VARIANTS.items():
+        if wanted is not None and slug(name) not in wanted:
+            continue
+        backbone = preset.backbone | {"transporter": preset.backbone.get("transporter", {}) | transporter}
+        variant = dataclasses.replace(
+            preset, models=(model,), suites=tuple(s for s in preset.suites if s in ("geneval", "fid", "nll")),
+            backbone=backbone, train=preset.train | {"ntm": preset.train["ntm"] | train_over},
+            model_options=preset.model_options | {model: preset.model_options.get(model, {}) | options}, audit=None,
+        )
+        out = args.out / slug(name)
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "checkpoints").exists():
+            (out / "checkpoints").symlink_to(shared.resolve())
+        evaluate(variant, out, progress=False)
+        steps_csv, _ = diagnose(variant, out, models=[model], samples=0)
+        with steps_csv.open() as f:
+            steps = list(csv.DictReader(f))
+        summary = summary_frame(RecordStore(out)).set_index("model").loc[model]
+        stats = train(variant, out, model, progress=False).spec.training
+        rows.append({
+            "variant": name, "model": model,
+            "geneval_overall": summary.get("geneval_overall"), "fid": summary.get("fid"), "nll_bpd": summary.get("nll_bpd"),
+            "step1_nll_per_dim": float(steps[0]["nll_per_dim"]), "step2_nll_per_dim": float(steps[1]["nll_per_dim"]),
+            "grad_norm_max_over_median": stats.get("grad_norm_max", float("nan")) / stats.get("grad_norm_median", float("nan")),
+        })
+        print(rows[-1], flush=True)
+    with (args.out / "ablation.csv").open("w") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        lines.append("| " + " | ".join(r[c] if isinstance(r[c], str) else f"{r[c]:.3f}" for c in COLUMNS) + " |")
+    (args.out / "ablation.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
