@@ -34,7 +34,8 @@ INITS = ("scratch", "teacher")
 
 
 def ntm_config(
-    ctx: BuildContext, transporter: bool, steps: int, data_variance: float | None = None, step_counts: Sequence[int] = ()
+    ctx: BuildContext, transporter: bool, steps: int, data_variance: float | None = None, step_counts: Sequence[int] = (),
+    t_min_low: float = 0.0,
 ) -> NTMConfig:
     """The NTM for this context: the shared backbone as predictor, and the preset's transporter or none.
 
@@ -50,7 +51,7 @@ def ntm_config(
         )
     return NTMConfig(
         predictor=predictor_config(backbone), transporter=f_t, steps=steps, data_variance=data_variance,
-        step_counts=tuple(step_counts),
+        step_counts=tuple(step_counts), t_min_low=t_min_low,
     )
 
 
@@ -90,7 +91,7 @@ def _grad_norm(term: Tensor, params: list[torch.nn.Parameter]) -> float:
 def train_ntm(
     ctx: BuildContext, transporter: bool, steps: int = 4, init: str = "scratch", align_steps: int = 0,
     data_variance: float | None = 1.0, align_weight: float = 2.5, step_counts: Sequence[int] = (),
-    recipe_name: str = RECIPE, align_normalised: bool = True,
+    recipe_name: str = RECIPE, align_normalised: bool = True, t_min_low: float = 0.0,
 ) -> Path:
     """The checkpoint folder of this NTM, trained on first use (all K steps per trajectory, end to end).
 
@@ -100,15 +101,15 @@ def train_ntm(
     mean to the teacher's posterior mean at `align_weight`, cosine-annealed to 0 over `align_steps` (-1: over
     the whole run, whatever its budget).
     `step_counts` (e.g. [4, 8, 16]) trains over several step counts, one drawn per batch; a batch of K steps
-    uses batch_size x steps / K trajectories, so every batch costs the same. The budget is the preset's
-    `[train.<recipe_name>]` table.
+    uses batch_size x steps / K trajectories, so every batch costs the same. `t_min_low` floors the training
+    end time t_0 ~ U[t_min_low, 0.05] (`NTM._draw`). The budget is the preset's `[train.<recipe_name>]` table.
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; available: {', '.join(INITS)}")
     train = TrainConfig.from_dict(ctx.train_config(recipe_name))
     if align_steps < 0:
         align_steps = train.steps
-    config = ntm_config(ctx, transporter, steps, data_variance, step_counts)
+    config = ntm_config(ctx, transporter, steps, data_variance, step_counts, t_min_low)
     world = ctx.world
     recipe = {"ntm": config.to_dict(), "train": train.__dict__, "init": init, "align_steps": align_steps, "world": getattr(world, "name", "?")}
     if init == "teacher":
@@ -194,12 +195,13 @@ class NTMGenerator(Generator):
         cls, ctx: BuildContext, name: str, transporter: bool = True, steps: int = 4, guidance: float = 1.0,
         init: str = "scratch", align_steps: int = 0, bound_samples: int = 8, data_variance: float | None = 1.0,
         align_weight: float = 2.5, step_counts: Sequence[int] = (), recipe: str = RECIPE,
-        sample_steps: int | None = None, eta: float = 1.0, align_normalised: bool = True,
+        sample_steps: int | None = None, eta: float = 1.0, align_normalised: bool = True, t_min_low: float = 0.0,
     ) -> NTMGenerator:
         """`steps` is the K the model is built for; `sample_steps` samples (and scores) the same weights at
         another K it was trained over (`step_counts`); `eta` < 1 samples with `ntm.model.eta_step`."""
         directory = train_ntm(
-            ctx, transporter, steps, init, align_steps, data_variance, align_weight, step_counts, recipe, align_normalised
+            ctx, transporter, steps, init, align_steps, data_variance, align_weight, step_counts, recipe, align_normalised,
+            t_min_low,
         )
         return cls(
             at_steps(NTM.from_pretrained(directory, ctx.device), sample_steps), name, guidance, bound_samples,
@@ -288,9 +290,11 @@ class NTMFastGenerator(NTMGenerator):
     def from_context(
         cls, ctx: BuildContext, name: str, steps: int = 4, guidance: float = 1.0, init: str = "scratch",
         align_steps: int = 0, data_variance: float | None = 1.0, denoiser_depth: int = 2,
-        align_weight: float = 2.5, step_counts: Sequence[int] = (), recipe: str = RECIPE,
+        align_weight: float = 2.5, step_counts: Sequence[int] = (), recipe: str = RECIPE, t_min_low: float = 0.0,
     ) -> NTMFastGenerator:
-        ntm_dir = train_ntm(ctx, True, steps, init, align_steps, data_variance, align_weight, step_counts, recipe)
+        ntm_dir = train_ntm(
+            ctx, True, steps, init, align_steps, data_variance, align_weight, step_counts, recipe, t_min_low=t_min_low
+        )
         den_dir = train_denoiser(ctx, ntm_dir, guidance, denoiser_depth)
         model, denoiser = NTM.from_pretrained(ntm_dir, ctx.device), Denoiser.from_pretrained(den_dir, ctx.device)
         training = read_metadata(ntm_dir).get("training")

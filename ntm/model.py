@@ -44,6 +44,7 @@ class NTMConfig:
     shift: float = 1.0
     t_min_high: float = 0.05
     t_min_eval: float = 0.02
+    t_min_low: float = 0.0
     mode: TrainingMode = "end_to_end"
     data_variance: float | None = None
     step_counts: tuple[int, ...] = ()
@@ -58,8 +59,11 @@ class NTMConfig:
             raise ValueError("training over several step counts (step_counts) needs mode = 'end_to_end'")
         if self.mode not in get_args(TrainingMode):
             raise ValueError(f"mode must be one of {get_args(TrainingMode)}, got {self.mode!r}")
-        if not (0 <= self.t_min_high < 1 and 0 < self.t_min_eval < 1):
-            raise ValueError(f"need 0 <= t_min_high < 1 and 0 < t_min_eval < 1, got {self.t_min_high}, {self.t_min_eval}")
+        if not (0 <= self.t_min_low <= self.t_min_high < 1 and 0 < self.t_min_eval < 1):
+            raise ValueError(
+                f"need 0 <= t_min_low <= t_min_high < 1 and 0 < t_min_eval < 1, got {self.t_min_low}, {self.t_min_high}, "
+                f"{self.t_min_eval}"
+            )
         p, f = self.predictor, self.transporter
         if f is not None and p is not None and (f.resolution, f.channels) != (p.resolution, p.in_channels):
             raise ValueError(
@@ -75,6 +79,7 @@ class NTMConfig:
             "shift": self.shift,
             "t_min_high": self.t_min_high,
             "t_min_eval": self.t_min_eval,
+            "t_min_low": self.t_min_low,
             "mode": self.mode,
             "data_variance": self.data_variance,
             "step_counts": list(self.step_counts),
@@ -250,9 +255,15 @@ class NTM(PretrainedMixin, nn.Module):
         return {"nll_per_dim": -(gauss + logdet) / dim, "logdet_per_dim": logdet / dim, "sigma_mean": sigma}
 
     def _draw(self, x0: Tensor, generator: torch.Generator, steps: int | None = None) -> tuple[Tensor, Tensor]:
-        """Per-sample times (B, K+1) with t_min ~ U[0, t_min_high], and the forward chain from x0."""
+        """Per-sample times (B, K+1) with t_min ~ U[t_min_low, t_min_high], and the forward chain from x0.
+
+        A floor t_min_low > 0 bounds the last step's gradients: as t_min -> 0 the state x_{t_min} nears the
+        data's discrete levels, its density and the gradient norm grow without bound (measured on tiny-long's
+        ntm: gradient norm about 100 at t_min = 2e-4, 3 at 0.01).
+        """
         k = self.config.steps if steps is None else steps
-        t_min = sample_t_min(x0.shape[0], generator, high=self.config.t_min_high)
+        c = self.config
+        t_min = c.t_min_low + sample_t_min(x0.shape[0], generator, high=c.t_min_high - c.t_min_low)
         times = self.times(t_min, k)
         noises = torch.randn((k + 1, *x0.shape), generator=generator).to(x0)
         return times, self.forward_trajectory(x0, times, noises)

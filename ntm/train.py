@@ -154,6 +154,7 @@ class TrainStats:
     samples_per_s: float
     grad_norm_median: float = float("nan")
     grad_norm_max: float = float("nan")
+    grad_norm_max_step: int = -1
 
 
 def ema_decay(step: int, decay: float) -> float:
@@ -362,9 +363,10 @@ def fit(
                 saved = done
     wall = max(time.perf_counter() - began, 1e-9)
     tail = losses[-max(1, len(losses) // 10) :]
-    settled = sorted(grad_norms[config.warmup :]) or [float("nan")]
+    after = grad_norms[config.warmup :]
+    settled = sorted(after) or [float("nan")]
     stats = TrainStats(
         config.steps, sum(tail) / len(tail), wall, (config.steps - start) * config.batch_size / wall,
-        settled[len(settled) // 2], settled[-1],
+        settled[len(settled) // 2], settled[-1], config.warmup + after.index(settled[-1]) if after else -1,
     )
     return ema, stats

@@ -6,7 +6,8 @@ preset's geneval, fid and nll suites (same prompts, seeds and sets for every row
 plus the per-step NLL of the first two steps (`ntm-bench diagnose`, validation range) and the largest
 gradient norm after warm-up over its median. Writes OUT/ablation.csv and OUT/ablation.md.
 
-Usage: python scripts/ntm_ablation.py --preset tiny-long --out results/tiny-long-ablation
+Usage: python scripts/ntm_ablation.py --preset tiny-long --out results/tiny-long-ablation [--steps N]
+(--steps N trains every row for N steps instead of the preset's; the full recipe is then retrained too.)
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/tiny-long-ablation"))
     parser.add_argument("--reuse", type=Path, default=None, help="checkpoints folder to reuse (default: results/<preset>/checkpoints)")
     parser.add_argument("--variants", default=None, help="comma-separated subset of the variant slugs")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps of every row (default: the preset's [train.ntm])")
     args = parser.parse_args()
     preset = load_preset(args.preset)
+    if args.steps is not None:
+        preset = dataclasses.replace(preset, train=preset.train | {"ntm": preset.train["ntm"] | {"steps": args.steps}})
     reuse = (args.reuse or Path("results") / preset.name / "checkpoints").resolve()
     shared = args.out / "checkpoints"
     shared.mkdir(parents=True, exist_ok=True)
@@ -76,7 +80,7 @@ def main() -> None:
         steps_csv, _ = diagnose(variant, out, models=[model], samples=0)
         with steps_csv.open() as f:
             steps = list(csv.DictReader(f))
-        summary = summary_frame(RecordStore(out)).set_index("model").loc[model]
+        summary = summary_frame(RecordStore(out / "records")).set_index("model").loc[model]
         stats = train(variant, out, model, progress=False).spec.training
         rows.append({
             "variant": name, "model": model,
@@ -84,16 +88,19 @@ def main() -> None:
             "step1_nll_per_dim": float(steps[0]["nll_per_dim"]), "step2_nll_per_dim": float(steps[1]["nll_per_dim"]),
             "grad_norm_max_over_median": stats.get("grad_norm_max", float("nan")) / stats.get("grad_norm_median", float("nan")),
         })
-        print(rows[-1], flush=True)
-    with (args.out / "ablation.csv").open("w") as f:
+        write(args.out, rows)  # after every row: an interrupted ablation keeps what it finished
+    print((args.out / "ablation.md").read_text())
+
+
+def write(out: Path, rows: list[dict]) -> None:
+    with (out / "ablation.csv").open("w") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         lines.append("| " + " | ".join(r[c] if isinstance(r[c], str) else f"{r[c]:.3f}" for c in COLUMNS) + " |")
-    (args.out / "ablation.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    (out / "ablation.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

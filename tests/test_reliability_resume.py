@@ -137,6 +137,7 @@ def test_fit_reports_gradient_norms_after_warm_up(one_thread):
     config = TrainConfig(steps=12, batch_size=8, warmup=4, checkpoint_every=0)
     _, stats = fit(model, lambda step: (step + 1.0) * model.weight.sum(), config, progress=False)
     assert stats.grad_norm_max == pytest.approx(12.0) and stats.grad_norm_median == pytest.approx(9.0)
+    assert stats.grad_norm_max_step == 11
 
 
 KILL_PRESET = (
