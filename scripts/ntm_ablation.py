@@ -29,11 +29,11 @@ from benchmarks.tables import summary_frame  # noqa: E402
 # name -> (model, transporter overrides, [train.ntm] overrides, model option overrides)
 VARIANTS: dict[str, tuple[str, dict, dict, dict]] = {
     "recipe (every change)": ("ntm", {}, {}, {}),
-    "transporter 2 x 1 layers, no mix": ("ntm", {"layers": 1, "mix": False}, {}, {}),
     "(1 - t) gate on f_T": ("ntm", {"time_gate": True}, {}, {}),
-    "sigma_0 = C at teacher init": ("ntm", {}, {}, {"data_variance": None}),
-    "lr 1e-3 constant": ("ntm", {}, {"lr": 1e-3, "schedule": "constant"}, {}),
+    "sigma_0 = C at teacher init, no t_0 floor": ("ntm", {}, {}, {"data_variance": None, "t_min_low": 0.0}),
     "plain-MSE alignment, weight 1, 500 steps": ("ntm", {}, {}, {"align_normalised": False, "align_weight": 1.0, "align_steps": 500}),
+    "lr 1e-3 constant": ("ntm", {}, {"lr": 1e-3, "schedule": "constant"}, {}),
+    "transporter 2 x 1 layers, no mix": ("ntm", {"layers": 1, "mix": False}, {}, {}),
     "K = 4 only": ("ntm", {}, {}, {"step_counts": []}),
     "f_T = id (ntm-no-transporter)": ("ntm-no-transporter", {}, {}, {}),
 }
