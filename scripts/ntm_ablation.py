@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -41,7 +42,7 @@ COLUMNS = ["variant", "model", "geneval_overall", "fid", "nll_bpd", "step1_nll_p
 
 
 def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def main() -> None:
@@ -88,11 +89,11 @@ def main() -> None:
             "step1_nll_per_dim": float(steps[0]["nll_per_dim"]), "step2_nll_per_dim": float(steps[1]["nll_per_dim"]),
             "grad_norm_max_over_median": stats.get("grad_norm_max", float("nan")) / stats.get("grad_norm_median", float("nan")),
         })
-        write(args.out, rows)  # after every row: an interrupted ablation keeps what it finished
+        write(args.out, rows, f"preset {preset.name}, {preset.train['ntm']['steps']} optimizer steps per row, seed {preset.train['ntm'].get('seed', 0)}")  # after every row: an interrupted ablation keeps what it finished
     print((args.out / "ablation.md").read_text())
 
 
-def write(out: Path, rows: list[dict]) -> None:
+def write(out: Path, rows: list[dict], budget: str) -> None:
     with (out / "ablation.csv").open("w") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
@@ -100,7 +101,7 @@ def write(out: Path, rows: list[dict]) -> None:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         lines.append("| " + " | ".join(r[c] if isinstance(r[c], str) else f"{r[c]:.3f}" for c in COLUMNS) + " |")
-    (out / "ablation.md").write_text("\n".join(lines) + "\n")
+    (out / "ablation.md").write_text(f"NTM ablation ({budget}); command: python scripts/ntm_ablation.py\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -56,3 +56,13 @@ def test_shared_rows_take_their_models_options(preset_file):
     assert preset.options_for("ntm-8") == {"guidance": 1.0, "bound_samples": 2}
     assert preset.options_for("ntm-fast") == {"guidance": 2.0}
     assert preset.options_for("ntm-no-transporter") == {"bound_samples": 2}
+
+
+def test_diagnose_command_rejects_an_empty_model_list(preset_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    result = CliRunner().invoke(app, ["diagnose", "--preset", str(preset_file), "--out", str(tmp_path), "--models", ","])
+    assert result.exit_code == 2 and "names no model" in result.output
+    assert not (tmp_path / "diagnostics").exists()
