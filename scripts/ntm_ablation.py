@@ -62,11 +62,14 @@ def main() -> None:
     for folder in reuse.glob("*"):
         if folder.is_dir() and not folder.name.endswith(".partial") and not (shared / folder.name).exists():
             (shared / folder.name).symlink_to(folder)
-    wanted = set(args.variants.split(",")) if args.variants else None
+    by_slug = {slug(name): name for name in VARIANTS}
+    unknown = sorted(set(args.variants.split(",")) - set(by_slug)) if args.variants else []
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; valid: {', '.join(by_slug)}")
+    names = [by_slug[v] for v in args.variants.split(",")] if args.variants else list(VARIANTS)  # in the order given
     rows = []
-    for name, (model, transporter, train_over, options) in VARIANTS.items():
-        if wanted is not None and slug(name) not in wanted:
-            continue
+    for name in names:
+        model, transporter, train_over, options = VARIANTS[name]
         backbone = preset.backbone | {"transporter": preset.backbone.get("transporter", {}) | transporter}
         variant = dataclasses.replace(
             preset, models=(model,), suites=tuple(s for s in preset.suites if s in ("geneval", "fid", "nll")),
