@@ -31,3 +31,12 @@ def test_bad_ntm_row_options_name_the_fix():
         NTMGenerator(model(), "ntm-eta2", 2.0, 2, "w", "teacher", eta=2.0)
     with pytest.raises(ValueError, match="schedule = 'linear' must be one of"):
         TrainConfig(schedule="linear")
+
+
+def test_the_audit_scores_ntm_8_apart_from_ntm_and_the_eta_rows_with_it():
+    from benchmarks.audit.run import likelihood_identity
+
+    ancestral = NTMGenerator(model((4, 8)), "ntm", 2.0, 2, "w", "teacher")
+    eta = NTMGenerator(model((4, 8)), "ntm-eta0.5", 2.0, 2, "w", "teacher", eta=0.5)
+    eight = NTMGenerator(at_steps(model((4, 8)), 8), "ntm-8", 2.0, 2, "w", "teacher")
+    assert likelihood_identity(ancestral) == likelihood_identity(eta) != likelihood_identity(eight)

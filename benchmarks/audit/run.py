@@ -94,12 +94,16 @@ def likelihood_identity(generator: Generator) -> str:
     """Equal for two models whose log_likelihood is the same function: same class, weights and estimator knobs.
 
     fm-teacher and fm-teacher-4 are one network with one ODE likelihood, sampled differently; the
-    audit scores it once. Models of other classes are identified by their whole spec.
+    audit scores it once (likewise ntm and its eta-sampler rows, but not ntm-8: another step count). Models of other classes are identified by their whole spec.
     """
     if isinstance(generator, FlowMatchingGenerator):
         knobs = dict(generator.likelihood.__dict__)
     elif isinstance(generator, NTMGenerator):
-        knobs = {"bound_samples": generator.bound_samples, "t_min": generator.model.config.t_min_eval}
+        # the step count sets the trajectory the bound runs through: ntm-8 is not ntm's likelihood
+        knobs = {
+            "bound_samples": generator.bound_samples, "t_min": generator.model.config.t_min_eval,
+            "steps": generator.model.config.steps,
+        }
     else:
         return generator.spec.hash
     return stable_hash([type(generator).__name__, generator.spec.weights_hash, knobs])
