@@ -59,7 +59,7 @@ def at_steps(model: NTM, steps: int | None) -> NTM:
     """`model` set to sample and score at `steps` (None: as built); it must be one of the step counts it trained over."""
     if steps is None or steps == model.config.steps:
         return model
-    trained = model.config.step_counts or (model.config.steps,)
+    trained = model.config.trained_steps
     if steps not in trained:
         raise ValueError(f"this NTM was trained over {list(trained)} steps, not {steps}: set sample_steps to one of those")
     model.config = dataclasses.replace(model.config, steps=steps)

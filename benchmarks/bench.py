@@ -29,12 +29,11 @@ from typing import Any
 
 import torch
 
-from baselines.base import to_model_space
 from baselines.registry import build
 from benchmarks.presets import Preset
 from benchmarks.records import atomic_write_text, ensure_writable
 from benchmarks.runner import build_context
-from benchmarks.suites.base import item_seed
+from benchmarks.suites.base import dequantise, item_seed
 from benchmarks.suites.speed import device_name
 
 TEACHERS = ("fm-teacher", "fm-teacher-4")
@@ -109,10 +108,7 @@ def run_bench(
     batch = ctx.world.batch(list(range(batch_size)), split="test")
     prompts, seeds = list(batch.captions), [item_seed(seed, i) for i in range(batch_size)]
     # held-out pixels with per-item uniform dequantisation, as the nll suite feeds them
-    shape = batch.images.shape[1:]
-    noise = torch.stack([torch.rand(shape, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
-                         for s in seeds])
-    x = to_model_space(batch.images, noise)
+    x = dequantise(batch.images, seeds)
     calls = {
         "ntm trajectory_log_likelihood": lambda: models["ntm"].trajectory_log_likelihood(x, prompts, seeds),
         "ntm log_likelihood": lambda: models["ntm"].log_likelihood(x, prompts, seeds),

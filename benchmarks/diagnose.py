@@ -19,13 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from baselines.base import to_model_space
 from baselines.training import per_sample_noise
 from benchmarks.presets import Preset
 from benchmarks.runner import build_context, train
-from benchmarks.suites.base import item_seed, sample_all
+from benchmarks.suites.base import dequantise, item_seed, sample_all
 from ntm.checkpoint import atomic_write_bytes
 from ntm.model import NTM
 
@@ -45,8 +43,7 @@ def _write_csv(path: Path, columns: Sequence[str], rows: list[dict]) -> None:
 def step_rows(name: str, model: NTM, images: np.ndarray, captions: list[str], seeds: list[int]) -> list[dict]:
     """Per-step means over one forward trajectory per image (dequantised, from each image's seed)."""
     device = next(model.parameters()).device
-    noise = torch.stack([torch.rand(images.shape[1:], generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds])
-    x = to_model_space(images, noise).to(device=device, dtype=next(model.parameters()).dtype)
+    x = dequantise(images, seeds).to(device=device, dtype=next(model.parameters()).dtype)
     times = model.times(model.config.t_min_eval)
     noises = per_sample_noise([s + 1 for s in seeds], (model.config.steps, *x.shape[1:]), device).transpose(0, 1)
     traj, _ = model.chain_from(x, times, noises)

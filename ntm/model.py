@@ -71,6 +71,11 @@ class NTMConfig:
                 f"({p.resolution} px, {p.in_channels} channels)"
             )
 
+    @property
+    def trained_steps(self) -> tuple[int, ...]:
+        """The step counts K this model trained over: `step_counts`, or the configured K alone."""
+        return self.step_counts or (self.steps,)
+
     def to_dict(self) -> dict:
         return {
             "predictor": None if self.predictor is None else self.predictor.to_dict(),
@@ -270,7 +275,7 @@ class NTM(PretrainedMixin, nn.Module):
 
     def draw_steps(self, generator: torch.Generator) -> int:
         """The step count K of one training batch: uniform over `step_counts`, else the configured K."""
-        ks = self.config.step_counts or (self.config.steps,)
+        ks = self.config.trained_steps
         return ks[int(torch.randint(len(ks), (1,), generator=generator))] if len(ks) > 1 else ks[0]
 
     def loss_terms(
@@ -392,7 +397,7 @@ class NTM(PretrainedMixin, nn.Module):
         and their times (B, K+1); no f_T inverse is taken.
         """
         k, b = noises.shape[0] - 1, noises.shape[1]
-        trained = self.config.step_counts or (self.config.steps,)
+        trained = self.config.trained_steps
         if k != self.config.steps and k not in trained:
             raise ValueError(
                 f"need K + 1 noise tensors (x_1 and one per step) for a step count K this model samples at "

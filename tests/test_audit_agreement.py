@@ -9,7 +9,7 @@ import torch
 from baselines.base import BuildContext
 from baselines.ntm import train_ntm
 from benchmarks.audit.agreement import IwaeLadder, PrecisionCheck, iwae_ladder, ode_grid, precision_check
-from benchmarks.audit.likelihood import dequantise
+from benchmarks.suites.base import dequantise
 from benchmarks.worlds.gaussian import GaussianWorld
 from ntm.model import NTM
 

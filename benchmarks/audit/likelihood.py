@@ -13,17 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from baselines.base import Generator, LikelihoodResult, to_model_space
-from benchmarks.suites.base import in_batches
-
-
-def dequantise(images: np.ndarray, seeds: Sequence[int]) -> Tensor:
-    """uint8 (N, C, H, W) -> x in [-1, 1]: pixel + u, u ~ U[0, 1) drawn from each image's seed."""
-    shape = images.shape[1:]
-    noise = [torch.rand(shape, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64) for s in seeds]
-    return to_model_space(images, torch.stack(noise))
+from baselines.base import Generator, LikelihoodResult
+from benchmarks.suites.base import dequantise, in_batches
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from baselines.base import Generator
+from baselines.base import Generator, to_model_space
 from ntm import distributed
 
 
@@ -45,6 +45,13 @@ class Suite(ABC):
 
     @abstractmethod
     def run(self, generator: Generator, world: Any, seed: int, progress: bool = True) -> SuiteResult: ...
+
+
+def dequantise(images: np.ndarray, seeds: Sequence[int]) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> x in [-1, 1]: pixel + u, u ~ U[0, 1) drawn from each image's seed (the nll suite's input)."""
+    shape = images.shape[1:]
+    noise = [torch.rand(shape, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64) for s in seeds]
+    return to_model_space(images, torch.stack(noise))
 
 
 def item_seed(seed: int, index: int) -> int:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from baselines.base import Generator, LikelihoodResult, to_model_space
-from benchmarks.suites.base import Suite, SuiteResult, in_batches, item_seed
+from baselines.base import Generator, LikelihoodResult
+from benchmarks.suites.base import Suite, SuiteResult, dequantise, in_batches, item_seed
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,7 @@ class NllSuite(Suite):
         dim = int(np.prod(batch.images.shape[1:]))
         seeds = [item_seed(seed, i) for i in range(o.images)]
         # Dequantisation noise per image, from its own seed.
-        noise = torch.stack([torch.rand(batch.images.shape[1:], generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds])
-        x = to_model_space(batch.images, noise)
+        x = dequantise(batch.images, seeds)
 
         def evaluate(part: slice) -> LikelihoodResult:
             return generator.log_likelihood(x[part], batch.captions[part], seeds[part])

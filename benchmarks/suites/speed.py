@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from baselines.base import Generator, to_model_space
-from benchmarks.suites.base import Suite, SuiteResult, item_seed
+from baselines.base import Generator
+from benchmarks.suites.base import Suite, SuiteResult, dequantise, item_seed
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,7 @@ class SpeedSuite(Suite):
         }
         if generator.capabilities.likelihood:
             # the nll suite's input: held-out pixels with per-item uniform dequantisation noise
-            noise = torch.stack(
-                [torch.rand(batch.images.shape[1:], generator=torch.Generator().manual_seed(s), dtype=torch.float64)
-                 for s in seeds]
-            )
-            x = to_model_space(batch.images, noise)
+            x = dequantise(batch.images, seeds)
             warm, timed, _ = time_calls(lambda: generator.log_likelihood(x, prompts, seeds), o.repeats, o.warmup)
             rows += _rows("log_likelihood", warm, timed, o.batch_size)
             metrics["nll_per_s"] = o.batch_size / statistics.median(timed)
