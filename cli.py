@@ -1,5 +1,6 @@
 """ntm-bench: reproduce few-step generator comparison tables with one command.
 
+\b
 Examples:
     ntm-bench reproduce --preset tiny
     ntm-bench eval --models fm-teacher-4,ground-truth --suites geneval --preset tiny --out runs/a
@@ -23,19 +24,60 @@ from rich.table import Table
 
 from ntm import distributed
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-worlds_app = typer.Typer(help="Inspect the data worlds: list, check the scene parser, draw a grid.", no_args_is_help=True)
+# Help texts are plain text (rich_markup_mode=None): "[audit]" or "FLUX.1 [schnell]" show as written.
+app = typer.Typer(
+    help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None
+)
+worlds_app = typer.Typer(
+    help="Inspect the data worlds: list, check the scene parser, draw a grid.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(worlds_app, name="worlds")
 assets_app = typer.Typer(
-    help="Build the evaluation assets that ship with the package (the worlds' eval-CLIPs).", no_args_is_help=True
+    help="Build the evaluation assets that ship with the package (the worlds' eval-CLIPs).", no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(assets_app, name="assets")
-console = Console()
+console = Console(markup=False)
+"""Results and listings: no markup, so names, paths and descriptions print as they are (brackets included)."""
 errors = Console(stderr=True)
+"""Errors: markup for the red labels; put every other text through `escape()`."""
 
 PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="Bundled preset name (see `ntm-bench presets`) or a .toml path.")]
-DeviceOpt = Annotated[str | None, typer.Option(help="Torch device: cpu, cuda, cuda:1 or auto. Default: the preset's.")]
+DeviceOpt = Annotated[str | None, typer.Option(help="Torch device: cpu, cuda, cuda:N (e.g. cuda:1), mps or auto. Default: the preset's.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a preset key, dotted, TOML value: --set train.ntm.steps=100 --set seeds=[1]. Repeatable."),
+]
+LimitOpt = Annotated[int | None, typer.Option(min=1, help="At most N prompts per task in the prompt suites (geneval, clipscore, geneval-real).")]
+SeedsOpt = Annotated[str | None, typer.Option(help="Comma-separated evaluation seeds, e.g. 0,1. Default: the preset's.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per batch in every suite but speed. Default: the preset's.")]
+ModelArgsOpt = Annotated[
+    str | None,
+    typer.Option(help="Options of the named model(s), e.g. path=/models/x,dtype=float16,steps=4,guidance=0.0."),
+]
+
+
+def _print_version(given: bool) -> None:
+    if not given:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        typer.echo(f"ntm-bench {version('ntm-bench')}")
+    except PackageNotFoundError:
+        errors.print("[bold red]error:[/bold red] ntm-bench is not installed as a package; run pip install -e . first")
+        raise typer.Exit(2) from None
+    raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    pass
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -57,17 +99,71 @@ def user_errors(fn: Callable) -> Callable:
     return run
 
 
-def _split(names: str | None) -> list[str] | None:
-    return [n.strip() for n in names.split(",") if n.strip()] if names else None
+def _split(names: str | None, kind: str = "model") -> list[str] | None:
+    """The comma-separated `kind` names of an option (model or suite); None when the option was not given.
+
+    An option given but naming nothing ("", ",,") is an error listing the valid names, never "the preset's"."""
+    if names is None:
+        return None
+    split = [n.strip() for n in names.split(",") if n.strip()]
+    if not split:
+        if kind == "suite":
+            from benchmarks.suites import available_suites as available
+        else:
+            import benchmarks.reference  # noqa: F401  (registers the reference rows)
+            from baselines.registry import available_models as available
+        valid = ", ".join(available())
+        raise ValueError(f"--{kind}s {names!r} names no {kind}; give comma-separated names, available: {valid}")
+    return split
 
 
-def _audit_written(out: Path, findings: Any) -> Any:
-    """Say where the audit's findings went and how many lie below the truth; returns those rows."""
+def _preset(
+    name: str, sets: list[str] | None = None, limit: int | None = None, seeds: str | None = None,
+    batch_size: int | None = None, model_args: str | None = None, models: list[str] | None = None,
+) -> Any:
+    """The preset `name` with the command line's overrides applied and checked (recorded in the protocol)."""
+    from benchmarks.presets import load_preset
+
+    p = load_preset(name)
+    if not (sets or limit or seeds or batch_size or model_args):
+        return p
+    from baselines.registry import parse_model_args
+    from benchmarks.presets.overrides import apply_overrides
+
+    seed_list = None
+    if seeds is not None:
+        try:
+            seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--seeds {seeds!r} must be comma-separated integers >= 0, e.g. --seeds 0,1") from None
+        if not seed_list or min(seed_list) < 0:
+            raise ValueError(f"--seeds {seeds!r} must be comma-separated integers >= 0, e.g. --seeds 0,1")
+    per_model = None
+    if model_args:
+        if not models:
+            raise ValueError("--model-args needs --models naming the model(s) they are for")
+        args = parse_model_args(model_args)
+        per_model = {m: args for m in models}
+    return apply_overrides(p, sets or (), limit, seed_list, batch_size, per_model)
+
+
+def _audit_written(out: Path, findings: Any, log: bool = False) -> Any:
+    """Say where the audit's findings went and how many lie below the truth (`log`: in OUT/run.log too);
+    returns those rows."""
     from benchmarks.audit.findings import below_truth
 
     flagged = below_truth(findings)
-    console.print(f"wrote {out}/audit: summary.md, summary.csv, plots; {len(flagged)} of {len(findings)} below truth")
+    _say(out, f"wrote {out}/audit: summary.md, summary.csv, plots; {len(flagged)} of {len(findings)} below truth", log)
     return flagged
+
+
+def _say(out: Path, message: str, log: bool = True) -> None:
+    """Print `message`; with `log`, append it to OUT/run.log as well (benchmarks.runlog)."""
+    from benchmarks.runlog import append_line
+
+    console.print(message)
+    if log:
+        append_line(out, message)
 
 
 @app.command()
@@ -78,36 +174,40 @@ def reproduce(
     out: Annotated[Path | None, typer.Option(help="Results folder. Default: results/<preset>.")] = None,
     device: DeviceOpt = None,
     progress: ProgressOpt = True,
+    set_: SetOpt = None,
+    limit: LimitOpt = None,
+    seeds: SeedsOpt = None,
+    batch_size: BatchOpt = None,
 ) -> None:
     """Train what the preset needs, run every suite on every model, write the tables, then the audit.
 
     The likelihood audit (as `audit-likelihood`) runs when the preset has an [audit] table. Finished pieces are found in OUT/records and not recomputed; trained weights are cached in
-    OUT/checkpoints. Example: ntm-bench reproduce --preset tiny --out /tmp/tiny
+    OUT/checkpoints. Overrides (--set, --limit, --seeds, --batch-size) go into every record's protocol.
+    Example: ntm-bench reproduce --preset tiny --out /tmp/tiny
     """
-    from benchmarks.presets import load_preset
     from benchmarks.runner import evaluate
     from benchmarks.tables import to_markdown, write_tables
 
-    p = load_preset(preset)
+    p = _preset(preset, set_, limit, seeds, batch_size)
     out = out or Path("results") / p.name
     evaluate(p, out, device=device, progress=progress)
     if not distributed.main_goes_on():  # with several processes rank 0 alone writes, prints and audits
         return
     frame = write_tables(out)
     typer.echo(to_markdown(frame))
-    console.print(f"wrote {out}/summary.csv, summary.md, summary.tex and samples/")
-    _diagnose(p, out, device)
+    _say(out, f"wrote {out}/summary.csv, summary.md, summary.tex and samples/")
+    _diagnose(p, out, device, log=True)
     if p.audit is not None:
         from benchmarks.audit.run import run_audit
 
-        _audit_written(out, run_audit(p, out, device=device, progress=progress, reuse=True))
+        _audit_written(out, run_audit(p, out, device=device, progress=progress, reuse=True), log=True)
 
 
-def _diagnose(p: Any, out: Path, device: str | None, models: list[str] | None = None) -> None:
+def _diagnose(p: Any, out: Path, device: str | None, models: list[str] | None = None, log: bool = False) -> None:
     from benchmarks.diagnose import diagnose as run_diagnose
 
     steps, samples = run_diagnose(p, out, device=device, models=models)
-    console.print(f"wrote {steps} and {samples}")
+    _say(out, f"wrote {steps} and {samples}", log)
 
 
 @app.command()
@@ -125,12 +225,10 @@ def diagnose(
     fragments_per_image), both on a validation range of held-out scenes. Also run by `reproduce`.
     Example: ntm-bench diagnose --preset tiny
     """
+    names = _split(models)
     from benchmarks.presets import load_preset
 
     p = load_preset(preset)
-    names = _split(models)
-    if models is not None and not names:
-        raise ValueError(f"--models {models!r} names no model; give comma-separated names (see `ntm-bench models`)")
     _diagnose(p, out or Path("results") / p.name, device, names)
 
 
@@ -158,11 +256,18 @@ def train_(
     p = load_preset(preset)
     p = dataclasses.replace(p, world=world) if world else p
     options = {"init": init} if init else {}
-    generator = train(p, out or Path("results") / p.name, model, device=device, progress=progress, **options)
+    out = out or Path("results") / p.name
+    generator = train(p, out, model, device=device, progress=progress, **options)
     if not distributed.main_goes_on():
         return
+    from baselines.base import weights_folders
+
     spec = generator.spec
-    console.print(f"{spec.name}: {spec.parameters / 1e6:.2f}M parameters, weights {spec.weights_hash[:12]}")
+    folders = weights_folders(out / "checkpoints", spec.weights_hash)
+    where = " and ".join(str(f) for f in folders) or f"none of the folders in {out / 'checkpoints'} (not trained here)"
+    console.print(
+        f"{spec.name}: {spec.parameters / 1e6:.2f}M parameters, weights {spec.weights_hash[:12]} in {where}", soft_wrap=True
+    )
 
 
 @app.command("distill-denoiser")
@@ -191,19 +296,28 @@ def eval_(
     out: Annotated[Path, typer.Option(help="Results folder (records, checkpoints, tables).")] = Path("runs/eval"),
     device: DeviceOpt = None,
     progress: ProgressOpt = True,
+    set_: SetOpt = None,
+    limit: LimitOpt = None,
+    seeds: SeedsOpt = None,
+    batch_size: BatchOpt = None,
+    model_args: ModelArgsOpt = None,
 ) -> None:
     """Score registered models on suites; records go to OUT/records and the tables are rebuilt.
 
-    Example: ntm-bench eval --models fm-teacher-4 --suites geneval,nll --preset tiny --out runs/a
+    Preset keys can be overridden without a file (--set, --limit, --seeds, --batch-size, --model-args); the
+    overrides are written into every record's protocol. Example:
+    ntm-bench eval --models fm-teacher-4 --suites geneval,nll --preset tiny --limit 2 --set seeds=[1] --out runs/a
     """
-    from benchmarks.presets import load_preset
+    names, suite_names = _split(models), _split(suites, "suite")  # before the heavy imports: fail fast
     from benchmarks.runner import evaluate
     from benchmarks.tables import to_markdown, write_tables
 
-    evaluate(load_preset(preset), out, models=_split(models), suites=_split(suites), device=device, progress=progress)
+    p = _preset(preset, set_, limit, seeds, batch_size, model_args, names)
+    evaluate(p, out, models=names, suites=suite_names, device=device, progress=progress)
     if not distributed.main_goes_on():
         return
     typer.echo(to_markdown(write_tables(out)))
+    _say(out, f"wrote {out}: records/, summary.csv, summary.md, summary.tex, protocol.json, plots/ and samples/")
 
 
 @app.command()
@@ -213,6 +327,32 @@ def table(results_dir: Annotated[Path, typer.Argument(help="A results folder hol
     from benchmarks.tables import to_markdown, write_tables
 
     typer.echo(to_markdown(write_tables(results_dir)))
+
+
+@app.command()
+@user_errors
+def compare(
+    results_dir: Annotated[Path, typer.Argument(help="A results folder holding records/.")],
+    a: Annotated[str, typer.Argument(help="Model A (the difference is A - B).")],
+    b: Annotated[str, typer.Argument(help="Model B.")],
+    pool: Annotated[
+        list[Path] | None,
+        typer.Option(help="Another results folder with A and B (e.g. a second training seed), pooled pair by pair. Repeatable."),
+    ] = None,
+    draws: Annotated[int, typer.Option(min=2, help="Bootstrap draws.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap's draws.")] = 0,
+) -> None:
+    """Paired GenEval-style difference A - B with a 95% bootstrap interval over prompts.
+
+    Both models' newest geneval records (every evaluation seed; also geneval-real and imported GenEval results)
+    are paired item by item: same prompts, same sample seeds. Prompts are resampled within each task, both
+    models together, so the prompt difficulty they share cancels. With --pool, the same pairs from other folders
+    (other training seeds) are averaged in; training seeds are not resampled. FID, where recorded, is shown
+    with each model's own interval. Example: ntm-bench compare results/tiny-long ntm fm-teacher-4 --pool results/tiny-long-seed1
+    """
+    from benchmarks.compare import compare_models, to_text
+
+    typer.echo(to_text(compare_models([results_dir, *(pool or [])], a, b, draws=draws, seed=seed)))
 
 
 @app.command("audit-likelihood")
@@ -230,12 +370,13 @@ def audit_likelihood(
     Writes OUT/audit/summary.md, summary.csv and plots; exits 1 if an NLL lies below the truth (a bug
     in a bound, or a biased estimate). Example: ntm-bench audit-likelihood --preset tiny --models ntm,fm-teacher
     """
+    names = _split(models)  # before the heavy imports: fail fast
     from benchmarks.audit.run import run_audit
     from benchmarks.presets import load_preset
 
     p = load_preset(preset)
     out = out or Path("results") / p.name
-    flagged = _audit_written(out, run_audit(p, out, models=_split(models), device=device, progress=progress))
+    flagged = _audit_written(out, run_audit(p, out, models=names, device=device, progress=progress))
     for row in flagged.itertuples():
         line = f"[bold red]{escape(row.verdict)}:[/bold red] {escape(row.model)}, {escape(row.check)}"
         errors.print(line, highlight=False)
@@ -265,7 +406,7 @@ def doctor(
         for problem in diagnosis.problems:
             errors.print(f"- {escape(problem)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
-    console.print(f"ready: preset {escape(diagnosis.preset)}, results in {escape(str(diagnosis.out))}", highlight=False)
+    console.print(f"ready: preset {diagnosis.preset}, results in {diagnosis.out}", highlight=False)
 
 
 @app.command()
@@ -292,6 +433,102 @@ def bench(
     out = out or Path("results") / p.name
     typer.echo(to_markdown(run_bench(p, out, device, batch_size, repeats, warmup, progress=progress)))
     console.print(f"wrote {out}/bench.json and bench.md")
+
+
+@app.command()
+@user_errors
+def generate(
+    models: Annotated[str, typer.Option(help="Comma-separated registered models (see `ntm-bench models`).")],
+    out: Annotated[Path, typer.Option(help="Folder to write; each model's images go to OUT/<model>/.")],
+    layout: Annotated[str, typer.Option(help="Folder layout; valid: geneval (GenEval's evaluate_images.py input).")] = "geneval",
+    preset: PresetOpt = "tiny",
+    prompts: Annotated[
+        Path | None, typer.Option(help="A GenEval metadata.jsonl to sample. Default: the preset's geneval suite prompts.")
+    ] = None,
+    images_per_prompt: Annotated[
+        int | None, typer.Option(min=1, help="Images per prompt. Default: the geneval suite's (4 with --prompts).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most N prompts per task (tag), the first ones.")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Run seed of the image seeds. Default: the preset's first.")] = None,
+    results: Annotated[
+        Path | None, typer.Option(help="Results folder whose checkpoints/ holds the trained weights. Default: results/<preset>.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images sampled per batch.")] = 16,
+    device: DeviceOpt = None,
+    progress: ProgressOpt = True,
+    set_: SetOpt = None,
+    model_args: ModelArgsOpt = None,
+) -> None:
+    """Sample prompts into GenEval's folder layout, for GenEval's own scorer: OUT/<model>/<index>/metadata.jsonl
+    and OUT/<model>/<index>/samples/<k>.png (and seeds.json, the seed of every image).
+
+    Models are built (trained if needed, in RESULTS/checkpoints) as `ntm-bench train` does. Complete prompt
+    folders are skipped, so an interrupted run continues. Example:
+    ntm-bench generate --models ntm,fm-teacher-4 --preset tiny --limit 2 --layout geneval --out gen
+    """
+    import benchmarks.reference  # noqa: F401  (registers the reference rows)
+    from baselines.registry import available_models, get_entry
+    from benchmarks.geneval_export import check_layout, file_prompts, preset_prompts, write_geneval_layout
+    from benchmarks.records import protocol
+    from benchmarks.runner import CheckedGenerator, resolve_device, train
+    from benchmarks.worlds import get_world
+
+    check_layout(layout)
+    names = _split(models)
+    if not names:
+        raise ValueError(f"--models {models!r} names no model; give comma-separated names, available: {', '.join(available_models())}")
+    for name in names:
+        get_entry(name)
+    p = _preset(preset, set_, model_args=model_args, models=names)
+    world = get_world(p.world, p.resolution, **p.world_options)
+    if prompts is not None:
+        chosen = file_prompts(prompts, images_per_prompt, p.seeds[0] if seed is None else seed, limit)
+    else:
+        chosen = preset_prompts(p, world, images_per_prompt, seed, limit)
+    extra = {"world": p.world, "resolution": p.resolution, "protocol": protocol(str(resolve_device(device or p.device)))}
+    for name in names:
+        generator = CheckedGenerator(train(p, results or Path("results") / p.name, name, device=device, progress=progress), world)
+        report = write_geneval_layout(generator, chosen, out, name, batch_size, progress, extra)
+        console.print(
+            f"wrote {report.folder}: {report.written} prompt folder(s), {report.images} images"
+            + (f"; {report.skipped} already complete" if report.skipped else ""),
+            highlight=False,
+        )
+    console.print(
+        f"score each {out}/<model> with GenEval's evaluation/evaluate_images.py, then "
+        "`ntm-bench import-geneval results.jsonl --model <model> --out <results folder>`",
+        highlight=False, soft_wrap=True,
+    )
+
+
+@app.command("import-geneval")
+@user_errors
+def import_geneval(
+    results_file: Annotated[Path, typer.Argument(help="results.jsonl written by GenEval's evaluation/evaluate_images.py.")],
+    model: Annotated[str, typer.Option(help="The table row to record the scores for, e.g. ntm.")],
+    out: Annotated[Path, typer.Option(help="Results folder: the record goes to OUT/records, the tables are rebuilt.")],
+    images: Annotated[
+        Path | None, typer.Option(help="The exported GEN/<model> folder. Default: found from the results' filenames.")
+    ] = None,
+) -> None:
+    """Record GenEval's own per-image results for a model (suite geneval_official) and rebuild OUT's tables.
+
+    Metrics: geneval_official_overall (mean over tasks of the fraction of correct images, as GenEval's
+    summary_scores.py), geneval_official_<tag> per task, geneval_official_prompts_correct, geneval_official_images.
+    Example: ntm-bench import-geneval results.jsonl --model ntm --out results/tiny
+    """
+    from benchmarks.geneval_export import import_geneval_results
+    from benchmarks.tables import write_tables
+
+    summary = import_geneval_results(results_file, model, out, images)
+    metrics = summary["metrics"]
+    console.print(
+        f"{model}: geneval_official_overall={metrics['geneval_official_overall']:.4g} over "
+        f"{metrics['geneval_official_images']} images; wrote {out / 'records' / summary['record']}.*",
+        highlight=False,
+    )
+    write_tables(out)
+    console.print(f"wrote {out}/summary.csv, summary.md, summary.tex", highlight=False)
 
 
 def _listing(title: str, rows: list[tuple[str, str]]) -> None:

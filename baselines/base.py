@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from benchmarks.locking import exclusive
 from ntm import distributed
 from ntm.checkpoint import is_saved, weights_hash
+from ntm.locking import exclusive
 from ntm.train import checkpointing, weights_recipe
 
 ESTIMATORS = ("exact", "elbo", "iwae", "ode")
@@ -227,3 +227,24 @@ def _remove_temporaries(directory: Path, partial: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+
+
+def weights_folders(checkpoint_root: Path, spec_weights: str) -> list[Path]:
+    """The folders under `checkpoint_root` (a `BuildContext`'s cache) that hold the weights a spec names.
+
+    `spec_weights` is a `GeneratorSpec.weights_hash`: the SHA-256 of one folder's weights, or several joined
+    by "+" (e.g. NTM and its denoiser); one folder per part, in that order. A part found in no folder (a
+    reference renderer, a pretrained model loaded from elsewhere) is left out."""
+    wanted = spec_weights.split("+")
+    found: dict[str, Path] = {}
+    root = Path(checkpoint_root)
+    candidates = sorted(root.iterdir()) if root.is_dir() else []
+    for folder in candidates:
+        if len(found) == len(set(wanted)):
+            break
+        if folder.name.startswith(".") or folder.name.endswith(".partial") or not is_saved(folder):
+            continue
+        digest = weights_hash(folder)
+        if digest in wanted and digest not in found:
+            found[digest] = folder
+    return list(dict.fromkeys(found[part] for part in wanted if part in found))

@@ -2,13 +2,15 @@
 
 Entries are strings until built, so the registry imports none of its users (no import cycle);
 a separate package adds a model through the `ntm_bench.generators` entry-point group, whose
-object is a `ModelEntry` or a callable returning a list of them.
+object is a `ModelEntry` or a callable returning a list of them. Beside the fixed names, `diffusers:<spec>`
+names any local diffusers text-to-image pipeline (`baselines.pretrained.DiffusersGenerator`), made on lookup.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -22,9 +24,11 @@ ENTRY_POINT_GROUP = "ntm_bench.generators"
 class UnknownNameError(KeyError):
     """An unknown registry name; the message lists the valid ones."""
 
-    def __init__(self, kind: str, name: str, available: list[str]) -> None:
+    def __init__(self, kind: str, name: str, available: list[str], hint: str = "") -> None:
         super().__init__(name)
         self.message = f"unknown {kind} {name!r}; available: {', '.join(sorted(available))}"
+        if hint:
+            self.message += f"; {hint}"
 
     def __str__(self) -> str:
         return self.message
@@ -104,11 +108,72 @@ def available_models() -> list[str]:
     return sorted(_MODELS)
 
 
+DIFFUSERS_PREFIX = "diffusers:"
+DIFFUSERS_HINT = (
+    "or diffusers:/path/to/pipeline-folder (any diffusers text-to-image pipeline folder), or "
+    "diffusers:owner/repo from the local Hugging Face cache"
+)
+
+
+def diffusers_entry(name: str) -> ModelEntry:
+    """The entry of a `diffusers:<spec>` name: the generic pipeline adapter with `path` = <spec>."""
+    spec = name.removeprefix(DIFFUSERS_PREFIX)
+    return ModelEntry(
+        name, "baselines.pretrained:DiffusersGenerator", {"path": spec}, f"diffusers pipeline {spec} (generic adapter)"
+    )
+
+
 def get_entry(name: str) -> ModelEntry:
+    """The entry of a registered name, or of a `diffusers:<spec>` name (made on lookup, never listed)."""
     _load_entry_points()
-    if name not in _MODELS:
-        raise UnknownNameError("model", name, list(_MODELS))
-    return _MODELS[name]
+    if name in _MODELS:
+        return _MODELS[name]
+    if name.startswith(DIFFUSERS_PREFIX) and name.removeprefix(DIFFUSERS_PREFIX).strip():
+        return diffusers_entry(name)
+    raise UnknownNameError("model", name, list(_MODELS), DIFFUSERS_HINT)
+
+
+ARG_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ARG_INT = re.compile(r"[+-]?[0-9]+")
+ARG_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+ARGS_FORM = "key=value pairs separated by commas, e.g. path=/models/sdxl-turbo,dtype=float16,steps=4,guidance=0.0"
+
+
+def parse_model_args(text: str) -> dict[str, Any]:
+    """Model options from `key=value,key=value` (the CLI's --model-args), for `build(name, ctx, **options)`.
+
+    Values: true/false (any case) -> bool, integers -> int, decimals and exponents -> float, anything else
+    (or a value in matching quotes) -> str. Keys are identifiers; commas and '=' cannot occur in values.
+    Blank text gives {}. ValueError, naming the item and the expected form, for an item without '=', an
+    empty key or value, a key that is no identifier, or a key given twice. Whether the model takes the keys
+    is `build`'s check (its message lists the options the model takes).
+    """
+    options: dict[str, Any] = {}
+    if not text.strip():
+        return options
+    for item in text.split(","):
+        key, eq, raw = (part.strip() for part in item.partition("="))
+        if not eq or not key or not raw:
+            what = "no '='" if not eq else "no key" if not key else "no value"
+            raise ValueError(f"model args item {item.strip()!r} has {what}; expected {ARGS_FORM}")
+        if not ARG_KEY.fullmatch(key):
+            raise ValueError(f"model args key {key!r} is not a name (letters, digits, _); expected {ARGS_FORM}")
+        if key in options:
+            raise ValueError(f"model args key {key!r} is given twice; expected {ARGS_FORM}")
+        options[key] = _arg_value(raw)
+    return options
+
+
+def _arg_value(raw: str) -> Any:
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        return raw[1:-1]
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    if ARG_INT.fullmatch(raw):
+        return int(raw)
+    if ARG_FLOAT.fullmatch(raw):
+        return float(raw)
+    return raw
 
 
 def model_options(name: str) -> list[str]:

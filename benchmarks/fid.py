@@ -88,6 +88,45 @@ def fid_from_stats(a: FeatureStats, b: FeatureStats) -> float:
     return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
 
+def fid_bootstrap(
+    generated: np.ndarray, reference: FeatureStats, draws: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """A `level` interval for FID(generated, reference) over the generated images, the reference held fixed.
+
+    Each draw resamples the generated features with replacement (numpy default_rng(seed)) and recomputes
+    FID against the fixed reference. Resampling with replacement repeats images, which inflates FID on
+    average; the percentile interval is therefore shifted by the draws' mean minus the point estimate
+    (a bias-corrected percentile interval), so it is centred where the point estimate's sampling
+    distribution is. S_ref^1/2 is computed once; a draw needs the eigenvalues of R S R (R = S_ref^1/2), which
+    are those of the smaller of Y^T Y and Y Y^T for Y = (X - mean) R / sqrt(n - 1): cheap in 2048-d Inception
+    features when the sample is smaller than that.
+    """
+    g = np.asarray(generated, np.float64)
+    if g.ndim != 2 or len(g) < 2:
+        raise ValueError(f"need (n >= 2, d) generated features, got shape {g.shape}")
+    if draws < 2:
+        raise ValueError(f"fid bootstrap needs draws >= 2, got {draws}")
+    root = _psd_sqrt(reference.sigma)
+    const = np.trace(reference.sigma)
+    n, d = g.shape
+
+    def fid(x: np.ndarray) -> float:
+        mu = x.mean(axis=0)
+        centred = x - mu
+        y = centred @ root / np.sqrt(n - 1)
+        gram = y @ y.T if n < d else y.T @ y
+        tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None)).sum()
+        diff = mu - reference.mu
+        return float(diff @ diff + (centred * centred).sum() / (n - 1) + const - 2.0 * tr_covmean)
+
+    rng = np.random.default_rng(seed)
+    point = fid(g)
+    values = np.array([fid(g[rng.integers(0, len(g), len(g))]) for _ in range(draws)])
+    shift = values.mean() - point
+    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2]) - shift
+    return float(lo), float(hi)
+
+
 def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     """Unbiased MMD^2 of two equal-size samples under k(x, y) = (x.y / d + 1)^3 (Binkowski et al., 2018)."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
@@ -127,6 +166,17 @@ def cache_key(images: np.ndarray, net: FeatureNet) -> str:
     h.update(f"{net.name}|{net.weights_hash}|{images.dtype}|{images.shape}|".encode())
     h.update(np.ascontiguousarray(images).tobytes())
     return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """Where reference feature statistics are cached unless a suite option says otherwise:
+    $NTM_BENCH_CACHE/fid-stats, else $XDG_CACHE_HOME/ntm-bench/fid-stats, else ~/.cache/ntm-bench/fid-stats."""
+    import os
+
+    if os.environ.get("NTM_BENCH_CACHE"):
+        return Path(os.environ["NTM_BENCH_CACHE"]) / "fid-stats"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "ntm-bench" / "fid-stats"
 
 
 def feature_stats(

@@ -22,7 +22,13 @@ import pandas as pd
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-QUALITY_AXES = {"geneval_overall": "GenEval overall (higher is better)", "fid": "FID (lower is better)"}
+QUALITY_AXES = {
+    "geneval_overall": "GenEval-style overall, world parser (higher is better)",
+    "geneval_owlv2_overall": "GenEval prompts, OWLv2 detector (higher is better)",
+    "geneval_official_overall": "GenEval, its own scorer (higher is better)",
+    "fid_evalclip": "FID in the world's eval-CLIP (lower is better)",
+    "fid_inception": "FID, InceptionV3 (lower is better)",
+}
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -107,24 +113,28 @@ def quality_vs_nfe_figure(frame: pd.DataFrame) -> Figure | None:
         return None
     colours = _family_colours(frame)
     fig = _figure(5.0 * len(metrics), 4.0)
+    panels = []  # (axes, point labels, reference labels), placed once the layout is final
     for j, metric in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), j + 1)
-        ticks = set()
+        ticks, points, references = set(), [], []
+        panels.append((ax, points, references))
         for _, row in frame[frame[metric].map(_present)].iterrows():
             value, colour = float(row[metric]), colours[row["family"]]
+            if row["family"] != "reference" and not _present(row["nfe"]):
+                continue  # an imported score of a model whose NFE is unknown: no place on this axis
             if row["family"] == "reference" or row["nfe"] <= 0:
                 ax.axhline(value, color=colour, linestyle="--", linewidth=1)
-                ax.annotate(row["model"], (0.01, value), xycoords=("axes fraction", "data"), fontsize=7,
-                            color=colour, va="bottom")
+                references.append((row["model"], value, colour))
                 continue
             std = row.get(f"{metric}_std")
             ax.errorbar(row["nfe"], value, yerr=float(std) if _present(std) else None, fmt="o", color=colour,
                         capsize=3, label=row["family"])
-            ax.annotate(row["model"], (row["nfe"], value), xytext=(4, 4), textcoords="offset points", fontsize=7)
+            points.append((row["model"], row["nfe"], value))
             ticks.add(int(row["nfe"]))
         ax.set_xscale("log")
         if ticks:
             ax.set_xticks(sorted(ticks), labels=[str(t) for t in sorted(ticks)])
+            ax.tick_params(axis="x", which="minor", labelbottom=False)  # the NFEs alone are labelled
             ax.set_xlim(min(ticks) / 1.6, max(ticks) * 1.6)
         ax.set_xlabel("NFE (network evaluations per image, log scale)")
         ax.set_ylabel(QUALITY_AXES[metric])
@@ -134,7 +144,85 @@ def quality_vs_nfe_figure(frame: pd.DataFrame) -> Figure | None:
             ax.legend(unique.values(), unique.keys(), fontsize=7, title="family", title_fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
+    for ax, points, references in panels:
+        _label_points(ax, points, references)
     return fig
+
+
+LABEL_SIZE = 7  # points
+LABEL_GAP = 5.0  # points between a point and its label
+MARKER_RADIUS = 3.0  # points: half the default marker size
+
+
+def _label_points(ax, points: list, references: list) -> None:
+    """Label each point (model, x, y) and each reference line (model, y, colour) so no two labels overlap.
+
+    Placement is greedy and deterministic, in display space, once the layout and limits are final:
+    reference labels sit just above their line at the left (raised in steps of one label height while
+    they would overlap), then the points, left to right and top down, each take the first free spot of:
+    right of the point, left of it, then one, two, ... label heights above or below on either side (joined
+    to the point by a thin leader line). A spot inside the axes is preferred; no label covers a marker.
+    Labels stay out of the layout (placed after it).
+    """
+    from matplotlib.transforms import Bbox
+
+    fig = ax.get_figure()
+    renderer = fig.canvas.get_renderer()
+    ax.set_xlim(ax.get_xlim())  # freeze the limits the positions below are computed from
+    ax.set_ylim(ax.get_ylim())
+    frame = ax.get_window_extent(renderer)
+    px = fig.dpi / 72.0  # pixels per point
+    gap, radius = LABEL_GAP * px, MARKER_RADIUS * px
+    centres = [tuple(ax.transData.transform((float(x), float(y)))) for _, x, y in points]
+    taken = [Bbox.from_extents(cx - radius, cy - radius, cx + radius, cy + radius) for cx, cy in centres]
+
+    def size(text: str) -> tuple[float, float]:
+        probe = fig.text(0, 0, text, fontsize=LABEL_SIZE)
+        box = probe.get_window_extent(renderer)
+        probe.remove()
+        return box.width, box.height
+
+    def first_free(boxes):
+        fallback = None
+        for choice, box in boxes:
+            if any(_overlap(box, other) for other in taken):
+                continue
+            if frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1:
+                return choice, box
+            fallback = fallback or (choice, box)
+        return fallback or (choice, box)
+
+    for model, value, colour in references:
+        width, height = size(model)
+        x0, y = ax.get_yaxis_transform().transform((0.01, value))  # x in axes fraction, y in data
+        steps = [0] + [k * sign for k in range(1, 13) for sign in (1, -1)]
+        k, box = first_free((k, Bbox.from_bounds(x0, y + k * (height + 2), width, height)) for k in steps)
+        taken.append(box)
+        ax.annotate(model, (0.01, value), xycoords=("axes fraction", "data"), xytext=(0, k * (height + 2) / px),
+                    textcoords="offset points", fontsize=LABEL_SIZE, color=colour, va="bottom", in_layout=False)
+
+    order = sorted(range(len(points)), key=lambda i: (centres[i][0], -centres[i][1], str(points[i][0])))
+    for i in order:
+        model, x, y = points[i]
+        cx, cy = centres[i]
+        width, height = size(model)
+        step = height + 2
+        spots = [(0, 1), (0, -1)] + [(k * sign, side) for k in range(1, 13) for side in (1, -1) for sign in (1, -1)]
+        (k, side), box = first_free(
+            ((k, side), Bbox.from_bounds(cx + gap if side > 0 else cx - gap - width, cy + k * step - height / 2,
+                                         width, height))
+            for k, side in spots
+        )
+        taken.append(box)
+        leader = dict(arrowstyle="-", color="0.5", linewidth=0.6, shrinkA=0, shrinkB=radius / px) if k else None
+        ax.annotate(model, (x, y), xytext=(side * gap / px, k * step / px), textcoords="offset points",
+                    fontsize=LABEL_SIZE, ha="left" if side > 0 else "right", va="center", arrowprops=leader,
+                    in_layout=False)
+
+
+def _overlap(a, b, pad: float = 1.0) -> bool:
+    """Whether boxes `a` and `b` come within `pad` pixels of each other."""
+    return a.x0 < b.x1 + pad and b.x0 < a.x1 + pad and a.y0 < b.y1 + pad and b.y0 < a.y1 + pad
 
 
 def geneval_per_category_figure(frame: pd.DataFrame, tasks: Sequence[str]) -> Figure | None:

@@ -2,7 +2,7 @@
 
 Every file is written atomically (temporary file + rename), and the summary is written last, so
 its presence marks a finished piece: an interrupted run redoes only unfinished pieces and a
-finished one is never recomputed. Writes hold the store's lock (`benchmarks.locking`), so two runs
+finished one is never recomputed. Writes hold the store's lock (`ntm.locking`), so two runs
 sharing a folder write each piece once. Files are byte-identical across runs of the same command
 (the artifact archive carries no timestamps); only the summary's `wall_s` (how long the run took) and `written_at` (when) differ.
 Tables and plots are built from these files alone.
@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from baselines.base import GeneratorSpec
-from benchmarks.locking import exclusive
 from ntm.checkpoint import atomic_write_bytes
+from ntm.locking import exclusive
 
 PACKAGES = ("ntm-bench", "torch", "numpy", "diffusers", "transformers", "clean-fid", "torchmetrics", "open_clip_torch")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime, timezone
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from baselines.base import BuildContext, Generator, GeneratorSpec
 from baselines.registry import build, get_entry
 from benchmarks.presets import Preset
 from benchmarks.records import RecordStore, ensure_writable, protocol
+from benchmarks.runlog import PieceClock, RunLog, duration
 from benchmarks.suites import NotApplicable, Suite, SuiteResult, get_suite
 from benchmarks.worlds import get_world
 from ntm import distributed
@@ -25,12 +27,27 @@ console = Console(stderr=True)
 
 
 def resolve_device(name: str) -> torch.device:
-    """The torch device `name` means here; with several processes plain "cuda" is each rank's own GPU."""
+    """The torch device `name` means here; with several processes plain "cuda" is each rank's own GPU.
+
+    `name` is one of cpu, cuda, cuda:N, mps or auto (cuda if there is a GPU, else cpu); anything else is a
+    ValueError naming those forms, as is a device this machine lacks."""
+    index = name[len("cuda:"):] if isinstance(name, str) and name.startswith("cuda:") else None
+    if name not in ("cpu", "cuda", "mps", "auto") and not (index and index.isascii() and index.isdigit()):
+        raise ValueError(
+            f"device {name!r} is not a device; use one of: cpu, cuda, cuda:N (N a GPU index, e.g. cuda:1), mps, auto"
+        )
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {name!r} was asked for but this machine has {torch.cuda.device_count()} GPU(s) "
+            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); use one of those, or cuda"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} was asked for but MPS (Apple GPU) is not available here; use --device cpu")
     if device.type == "cuda" and device.index is None and distributed.world_size() > 1:
         if not distributed.gpu_per_process():
             raise ValueError(
@@ -84,42 +101,76 @@ def evaluate(
         get_entry(name)
     main = distributed.is_main()
     progress = progress and main
+    clock = PieceClock(len(models) * len(suites) * len(preset.seeds))  # from here: builds count as elapsed
     ctx = build_context(preset, out_dir, device, progress)
     world, out_dir = ctx.world, Path(out_dir)
     store = RecordStore(out_dir / "records")
     check_suite_versions(store, suites)
     ensure_writable(out_dir)
     proto = protocol(str(ctx.device))
+    if preset.overrides:  # command-line overrides of the preset file, beside the commit they ran under
+        proto["overrides"] = list(preset.overrides)
+    log = RunLog(out_dir, console, enabled=main)
+
+    def say(message: str, style: str | None = None, shown: bool = True) -> None:
+        """Print `message` (rank 0; progress lines only with `progress`) and append it to OUT/run.log."""
+        if main and shown:
+            console.print(message, style=style, markup=False)
+        log.write(message)
+
+    say(f"run of preset {preset.name} (pid {os.getpid()}, device {ctx.device}): {len(models)} model(s) x "
+        f"{len(suites)} suite(s) x {len(preset.seeds)} seed(s) = {clock.total} pieces", "dim", progress)
     written = []
-    for name in models:
-        generator = CheckedGenerator(build(name, ctx, **preset.options_for(name)), world)
-        for suite in suites:
-            for seed in preset.seeds:
-                key = store.key(generator.spec, suite.name, suite.version, seed)
-                if distributed.broadcast(store.has(key)):  # rank 0's answer: every rank runs the piece or none
-                    if main:
-                        console.print(f"[dim]{name} / {suite.name} / seed {seed}: recorded, skipped[/dim]")
-                    continue
-                start = time.perf_counter()
-                try:
-                    result = suite.run(generator, world, seed, progress)
-                except NotApplicable as reason:
-                    result = SuiteResult([], {"not_applicable": str(reason)})
-                summary = {
-                    "record": key.stem, "model": name, "family": generator.spec.family,
-                    "spec": generator.spec.to_dict(), "spec_hash": key.spec_hash,
-                    "suite": suite.name, "suite_version": suite.version, "suite_options": suite.options.__dict__,
-                    "seed": seed, "preset": preset.name, "world": preset.world, "resolution": preset.resolution,
-                    "metrics": result.metrics, "wall_s": time.perf_counter() - start, "protocol": proto,
-                    "written_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-                }
-                if not main:
-                    continue
-                if not store.write(key, result.rows, summary, result.artifacts, replace=False):
-                    console.print(f"[dim]{name} / {suite.name} / seed {seed}: recorded by another run meanwhile[/dim]")
-                    continue
-                written.append(summary)
-                console.print(f"{name} / {suite.name} / seed {seed}: {_headline(result.metrics)}")
+    try:
+        for i, name in enumerate(models, 1):
+            say(f"model {i} of {len(models)}: {name} (elapsed {duration(clock.elapsed())})", "bold", progress)
+            built = time.perf_counter()
+            generator = CheckedGenerator(build(name, ctx, **preset.options_for(name)), world)
+            log.write(f"{name}: built in {time.perf_counter() - built:.1f} s")
+            for suite in suites:
+                for seed in preset.seeds:
+                    piece = f"{name} / {suite.name} / seed {seed}"
+                    key = store.key(generator.spec, suite.name, suite.version, seed)
+                    if distributed.broadcast(store.has(key)):  # rank 0's answer: every rank runs the piece or none
+                        clock.finished(None)
+                        say(f"{piece}: recorded, skipped", "dim")
+                        log.start()
+                        continue
+                    say(clock.piece_line(piece), "dim", progress)
+                    start = time.perf_counter()
+                    try:
+                        result = suite.run(generator, world, seed, progress)
+                    except NotApplicable as reason:
+                        result = SuiteResult([], {"not_applicable": str(reason)})
+                    summary = {
+                        "record": key.stem, "model": name, "family": generator.spec.family,
+                        "spec": generator.spec.to_dict(), "spec_hash": key.spec_hash,
+                        "suite": suite.name, "suite_version": suite.version, "suite_options": suite.options.__dict__,
+                        "seed": seed, "preset": preset.name, "world": preset.world, "resolution": preset.resolution,
+                        "metrics": result.metrics, "wall_s": time.perf_counter() - start, "protocol": proto,
+                        "written_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+                    }
+                    if not main:
+                        continue
+                    new = store.write(key, result.rows, summary, result.artifacts, replace=False)
+                    clock.finished(time.perf_counter() - start)
+                    log.start()
+                    if not new:
+                        say(f"{piece}: recorded by another run meanwhile", "dim")
+                        continue
+                    written.append(summary)
+                    say(f"{piece}: {_headline(result.metrics)}")
+    except BaseException as err:
+        if isinstance(err, KeyboardInterrupt):  # not an error (docs/errors.md): the next run resumes
+            log.start()
+            log.write(f"interrupted after {clock.done} of {clock.total} pieces, elapsed {duration(clock.elapsed())}")
+        elif log.started:
+            log.write(f"stopped by {type(err).__name__} after {clock.done} of {clock.total} pieces: {err}")
+        else:
+            log.discard()  # a bad input stopped it before any piece: the folder stays as it was
+        raise
+    log.start()
+    say(clock.summary_line(), "dim", progress)
     return written
 
 
@@ -171,7 +222,10 @@ class CheckedGenerator(Generator):
         return self.inner.trajectory_log_likelihood(x, prompts, seeds)
 
 
-HEADLINE = ("geneval_overall", "nll_bpd", "fid", "kid", "clipscore", "img_per_s", "not_applicable")
+HEADLINE = (
+    "geneval_overall", "geneval_owlv2_overall", "nll_bpd", "fid_evalclip", "fid_inception", "kid_evalclip",
+    "kid_inception", "clipscore", "img_per_s", "not_applicable",
+)
 
 
 def _headline(metrics: dict) -> str:

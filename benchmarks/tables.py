@@ -10,35 +10,89 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from benchmarks.intervals import geneval_interval
 from benchmarks.plots import geneval_per_category_figure, image_grid, quality_vs_nfe_figure, save_png
 from benchmarks.records import RecordStore, atomic_write_text
 
 IDENTITY = ["model", "family", "steps", "nfe", "params", "train_steps", "teacher_nfe"]
 GENEVAL_TASKS = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
-METRICS = [
-    "geneval_overall", *[f"geneval_{t}" for t in GENEVAL_TASKS], "fid", "kid", "clipscore",
-    "nll_bpd", "nll_traj_bpd", "img_per_s", "nll_per_s",
+GENEVAL_SUITES = {"geneval": "geneval", "geneval-real": "geneval_owlv2", "geneval_official": "geneval_official"}
+"""suite -> the prefix of its metric names: the world's exact parser (`geneval`), OWLv2 + CLIP on GenEval's
+prompts (`geneval_owlv2`), GenEval's own scorer's results brought in by `import-geneval` (`geneval_official`)."""
+FEATURE_NETS = ("evalclip", "inception")
+
+
+def _geneval_metrics(prefix: str) -> list[str]:
+    return [f"{prefix}_overall", *[f"{prefix}_{t}" for t in GENEVAL_TASKS]]
+
+
+SHOWN = [
+    *_geneval_metrics("geneval"), "fid_evalclip", "kid_evalclip", "clipscore", "nll_bpd", "nll_traj_bpd",
+    "img_per_s", "nll_per_s",
 ]
+"""Columns every table has (n/a where a model has no record)."""
+METRICS = [
+    *_geneval_metrics("geneval"), *_geneval_metrics("geneval_owlv2"), *_geneval_metrics("geneval_official"),
+    *[f"{m}_{net}" for net in FEATURE_NETS for m in ("fid", "kid")], "clipscore", "nll_bpd", "nll_traj_bpd",
+    "img_per_s", "nll_per_s",
+]
+"""Every metric column, in table order; those not in SHOWN appear when some record has them."""
+INTERVALS = [m for m in METRICS if m.startswith(("geneval", "fid_"))]
+"""Metrics with a 95% bootstrap interval (`<m>_lo`, `<m>_hi`): GenEval-style ones over prompts
+(`benchmarks.intervals`, from the rows), FID over generated images (the fid suite's own)."""
 LABELS = ["nll_estimator"]
 RATES = ("img_per_s", "nll_per_s")
+LEGACY_FID = ("fid", "kid", "kid_std", "fid_floor", "kid_floor", "kid_floor_std")
+"""Metric names of fid records written before the names carried the feature network."""
+
+
+def canonical_metrics(summary: dict) -> dict[str, Any]:
+    """A summary's metrics under today's names: records written before the names carried the feature network
+    (`fid` -> `fid_evalclip` / `fid_inception` by the record's `fid_features`) or the detector
+    (geneval-real's `geneval_*` -> `geneval_owlv2_*`) read as if written now; the values are untouched."""
+    metrics = dict(summary["metrics"])
+    if summary["suite"] == "fid" and "fid" in metrics:
+        tag = str(metrics.get("fid_features", "eval-clip")).replace("-", "")
+        for key in LEGACY_FID:
+            if key in metrics:
+                first, rest = key.split("_", 1) if "_" in key else (key, "")
+                metrics[f"{first}_{tag}" + (f"_{rest}" if rest else "")] = metrics.pop(key)
+    if summary["suite"] == "geneval-real":
+        metrics = {
+            (f"geneval_owlv2_{k[len('geneval_'):]}" if k.startswith("geneval_") and not k.startswith("geneval_owlv2_")
+             else k): v
+            for k, v in metrics.items()
+        }
+    return metrics
 
 
 def summary_frame(store: RecordStore) -> pd.DataFrame:
     """One row per model, from its newest spec's records (`RecordStore.latest`): spec columns, each
-    metric's mean over seeds (and `<metric>_std` if > 1 seed)."""
-    return _frame(store.latest()[0])
+    metric's mean over seeds (and `<metric>_std` if > 1 seed), and the intervals `<metric>_lo` / `_hi`."""
+    return _frame(store.latest()[0], store.rows)
 
 
-def _frame(summaries: list[dict]) -> pd.DataFrame:
+def _fid_interval(points: list[float], los: list[float], his: list[float]) -> tuple[float, float]:
+    """The FID interval of a mean over k seeds from each seed's own interval: the mean half-widths over sqrt(k)
+    (independent seeds); with one seed, that seed's interval."""
+    mean, k = float(np.mean(points)), len(points)
+    below = float(np.mean([p - lo for p, lo in zip(points, los)])) / math.sqrt(k)
+    above = float(np.mean([hi - p for p, hi in zip(points, his)])) / math.sqrt(k)
+    return mean - below, mean + above
+
+
+def _frame(summaries: list[dict], rows_of: Callable[[dict], list[dict]] | None = None) -> pd.DataFrame:
     per_model: dict[str, dict] = {}
     values: dict[tuple[str, str], list[float]] = {}
+    bounds: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    geneval_rows: dict[tuple[str, str], list[dict]] = {}
     for s in summaries:
         spec = s["spec"]
         training = spec.get("training") or {}
@@ -51,21 +105,39 @@ def _frame(summaries: list[dict]) -> pd.DataFrame:
             },
         )
         row.setdefault("seeds", set()).add(s["seed"])
-        for k, v in s["metrics"].items():
+        metrics = canonical_metrics(s)
+        for k, v in metrics.items():
             if k in LABELS:
                 row[k] = v
             elif k in METRICS and v is not None:
                 values.setdefault((s["model"], k), []).append(float(v))
+                if k.startswith("fid_") and f"{k}_lo" in metrics:
+                    bounds.setdefault((s["model"], k), []).append((float(v), metrics[f"{k}_lo"], metrics[f"{k}_hi"]))
+        prefix = GENEVAL_SUITES.get(s["suite"])
+        if prefix and rows_of is not None and f"{prefix}_overall" in metrics:
+            scored = [r for r in rows_of(s) if {"tag", "prompt_index", "correct"} <= r.keys()]
+            geneval_rows.setdefault((s["model"], prefix), []).extend(scored)
     for (model, metric), vs in values.items():
         per_model[model][metric] = float(np.mean(vs))
         if len(vs) > 1:
             per_model[model][f"{metric}_std"] = float(np.std(vs, ddof=1))
+    for (model, metric), found in bounds.items():
+        if len(found) == len(values[(model, metric)]):  # every seed's record has its interval
+            lo, hi = _fid_interval(*map(list, zip(*found)))
+            per_model[model][f"{metric}_lo"], per_model[model][f"{metric}_hi"] = lo, hi
+    for (model, prefix), rs in geneval_rows.items():
+        if rs:
+            for part, interval in geneval_interval(rs).items():
+                per_model[model][f"{prefix}_{part}_lo"], per_model[model][f"{prefix}_{part}_hi"] = interval.lo, interval.hi
     rows = []
     for row in per_model.values():
         row["seeds"] = len(row["seeds"])
         rows.append(row)
-    stds = {k for r in rows for k in r if k.endswith("_std")}
-    columns = IDENTITY + ["seeds"] + [c for m in METRICS for c in (m, f"{m}_std") if c in METRICS or c in stds] + LABELS
+    present = {k for r in rows for k in r}
+    columns = IDENTITY + ["seeds"] + [
+        c for m in METRICS if m in SHOWN or m in present
+        for c in (m, f"{m}_std", f"{m}_lo", f"{m}_hi") if c == m or c in present
+    ] + LABELS
     frame = pd.DataFrame(rows, columns=columns)
     # reference rows (ground truth) first, then by family and name
     order = frame["family"].ne("reference").astype(int)
@@ -86,27 +158,43 @@ def _fmt(value, column: str) -> str:
 
 def _number(value: float, column: str) -> str:
     """3 decimals; KID (typically 1e-3..1e-1) gets 5, rates 4 significant digits (thousands separated)."""
-    if column == "kid":
+    if column.startswith("kid"):
         return f"{value:.5f}"
     if column in RATES:
         return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     return f"{value:.3f}"
 
 
+SUFFIXES = ("_std", "_lo", "_hi")
+
+
 def _cells(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted cells, folding `<m>_std` into `<m>` as mean ± std."""
-    headers = [c for c in frame.columns if not c.endswith("_std")]
+    """Header and formatted cells, folding `<m>_std` into `<m>` as mean ± std and `<m>_lo`/`_hi` as [lo, hi]."""
+    headers = [c for c in frame.columns if not (c.endswith(SUFFIXES) and c.rsplit("_", 1)[0] in frame.columns)]
     cells = []
     for _, r in frame.iterrows():
         line = []
         for c in headers:
             text = _fmt(r[c], c)
-            std = r.get(f"{c}_std")
-            if std is not None and not (isinstance(std, float) and math.isnan(std)):
+            std, lo, hi = (r.get(f"{c}{suffix}") for suffix in SUFFIXES)
+            if _given(std):
                 text += f" ± {_number(float(std), c)}"
+            if _given(lo) and _given(hi) and _given(r[c]):
+                text += f" [{_bound(float(lo), c)}, {_bound(float(hi), c)}]"
             line.append(text)
         cells.append(line)
     return headers, cells
+
+
+def _given(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _bound(value: float, column: str) -> str:
+    """An interval's end, two decimals (three below 0.1 in absolute value, KID five): it is an uncertainty."""
+    if column.startswith("kid"):
+        return f"{value:.5f}"
+    return f"{value:.3f}" if abs(value) < 0.1 else f"{value:.2f}"
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
@@ -126,6 +214,42 @@ def to_latex(frame: pd.DataFrame) -> str:
     lines.append(" & ".join(esc(h) for h in headers) + r" \\")
     lines.append(r"\midrule")
     lines += [" & ".join(esc(c) for c in row) + r" \\" for row in cells]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+COMPACT = [
+    "geneval_overall", "geneval_owlv2_overall", "geneval_official_overall", "fid_evalclip", "fid_inception",
+    "clipscore", "nll_bpd", "img_per_s",
+]
+LOWER_IS_BETTER = ("fid_", "kid_", "nll_")
+
+
+def to_compact_latex(frame: pd.DataFrame) -> str:
+    """A paper-sized table: model, steps, NFE and the headline metrics present, the best model value of each
+    column in bold (reference rows, such as the ground truth, are shown but never bold)."""
+    metrics = [m for m in COMPACT if m in frame and frame[m].map(_given).any()]
+    models = frame[frame["family"] != "reference"]
+    best = {}
+    for m in metrics:
+        values = models[m].dropna()
+        if len(values):
+            best[m] = values.min() if m.startswith(LOWER_IS_BETTER) else values.max()
+
+    def esc(text: str) -> str:
+        return text.replace("_", r"\_").replace("%", r"\%")
+
+    arrows = [esc(m) + (r" $\downarrow$" if m.startswith(LOWER_IS_BETTER) else r" $\uparrow$") for m in metrics]
+    lines = [r"\begin{tabular}{lrr" + "r" * len(metrics) + "}", r"\toprule",
+             " & ".join(["model", "steps", "NFE", *arrows]) + r" \\", r"\midrule"]
+    for _, r in frame.iterrows():
+        cells = [esc(str(r["model"])), _fmt(r["steps"], "steps"), _fmt(r["nfe"], "nfe")]
+        for m in metrics:
+            text = esc(_fmt(r[m], m))
+            if r["family"] != "reference" and m in best and _given(r[m]) and r[m] == best[m]:
+                text = r"\textbf{" + text + "}"
+            cells.append(text)
+        lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
@@ -195,12 +319,14 @@ def protocol_summary(summaries: Iterable[dict]) -> dict[str, Any]:
         "python": _distinct(r.get("python") for r in proto),
         "commits": _distinct(r.get("commit") for r in proto),
         "devices": _distinct(r.get("device") for r in proto),
+        "overrides": _distinct(r.get("overrides", []) for r in proto),
     }
     mixes = [
         ("commits", [r.get("commit") for r in proto]),
         *[(f"{p} versions", [r.get("packages", {}).get(p) for r in proto]) for p in packages],
         ("python versions", [r.get("python") for r in proto]),
         ("devices", [r.get("device") for r in proto]),
+        ("command-line overrides", [r.get("overrides", []) for r in proto]),
         ("worlds", [f"{s.get('world')}@{s.get('resolution')}" for s in summaries]),
         *sorted(keyed["feature_networks"].items()),
     ]
@@ -259,6 +385,8 @@ def protocol_markdown(info: dict[str, Any]) -> str:
         f"- commit: {_values(info['commits'])}",
         f"- device: {_values(info['devices'])}",
     ]
+    if info["overrides"] != [[]]:
+        lines.append(f"- command-line overrides of the preset: {_values(info['overrides'])}")
     if info["warnings"]:
         lines += ["", *[f"warning: {w}" for w in info["warnings"]]]
     return "\n".join(lines) + "\n"
@@ -269,7 +397,7 @@ def write_tables(out_dir: str | Path) -> pd.DataFrame:
     out_dir = Path(out_dir)
     store = RecordStore(out_dir / "records")
     current, superseded = store.latest()
-    frame = _frame(current)
+    frame = _frame(current, store.rows)
     if frame.empty:
         raise FileNotFoundError(f"no records under {store.root}; run `ntm-bench eval` or `ntm-bench reproduce` first")
     info = protocol_summary(current)
@@ -281,6 +409,7 @@ def write_tables(out_dir: str | Path) -> pd.DataFrame:
     atomic_write_text(out_dir / "summary.csv", frame.to_csv(index=False))
     atomic_write_text(out_dir / "summary.md", to_markdown(frame) + "\n" + protocol_markdown(info))
     atomic_write_text(out_dir / "summary.tex", to_latex(frame))
+    atomic_write_text(out_dir / "summary.compact.tex", to_compact_latex(frame))
     atomic_write_text(out_dir / "protocol.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
     figures = {
         "quality_vs_nfe": quality_vs_nfe_figure(frame),
@@ -300,5 +429,6 @@ def write_tables(out_dir: str | Path) -> pd.DataFrame:
         art = store.artifacts(s)
         if art:
             title = f"{model} ({s['spec']['steps']} steps, NFE {s['spec']['nfe']})"
-            image_grid(art["images"], list(art["prompts"]), out_dir / "samples" / f"{model}.png", title=title)
+            name = s["record"].split("/")[0]  # the model's records folder: a file-safe name (diffusers:/x/y is not)
+            image_grid(art["images"], list(art["prompts"]), out_dir / "samples" / f"{name}.png", title=title)
     return frame

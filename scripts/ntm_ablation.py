@@ -38,7 +38,7 @@ VARIANTS: dict[str, tuple[str, dict, dict, dict]] = {
     "K = 4 only": ("ntm", {}, {}, {"step_counts": []}),
     "f_T = id (ntm-no-transporter)": ("ntm-no-transporter", {}, {}, {}),
 }
-COLUMNS = ["variant", "model", "geneval_overall", "fid", "nll_bpd", "step1_nll_per_dim", "step2_nll_per_dim", "grad_norm_max_over_median"]
+COLUMNS = ["variant", "model", "geneval_overall", "fid_evalclip", "nll_bpd", "step1_nll_per_dim", "step2_nll_per_dim", "grad_norm_max_over_median"]
 
 
 def slug(name: str) -> str:
@@ -88,7 +88,7 @@ def main() -> None:
         stats = train(variant, out, model, progress=False).spec.training
         rows.append({
             "variant": name, "model": model,
-            "geneval_overall": summary.get("geneval_overall"), "fid": summary.get("fid"), "nll_bpd": summary.get("nll_bpd"),
+            "geneval_overall": summary.get("geneval_overall"), "fid_evalclip": summary.get("fid_evalclip"), "nll_bpd": summary.get("nll_bpd"),
             "step1_nll_per_dim": float(steps[0]["nll_per_dim"]), "step2_nll_per_dim": float(steps[1]["nll_per_dim"]),
             "grad_norm_max_over_median": stats.get("grad_norm_max", float("nan")) / stats.get("grad_norm_median", float("nan")),
         })

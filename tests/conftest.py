@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,9 @@ import torch
 
 from ntm.backbone import backbone_config
 from ntm.teacher import FlowMatchingTeacher
+
+# the fid suite caches reference statistics in the user cache by default: tests keep theirs apart
+os.environ["NTM_BENCH_CACHE"] = tempfile.mkdtemp(prefix="ntm-bench-test-cache-")
 
 TINY_PRESET = """
 description = "test preset: a few training steps, a handful of prompts"

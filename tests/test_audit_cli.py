@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from benchmarks.audit.options import AuditOptions, audit_options
 from benchmarks.audit.run import run_audit
 from benchmarks.presets import load_preset
+from benchmarks.presets.audit import AuditOptions, audit_options
 from cli import app
 
 runner = CliRunner()

@@ -177,8 +177,9 @@ def test_feature_cache_hit_is_identical_and_keys_follow_content(tmp_path: Path):
     assert cache_key(images, counting_net("w1")[0]) != cache_key(images, net)
 
 
-def tiny_inception(folder: Path) -> Path:
-    """A torchscript with clean-fid's Inception interface (.layers: normalised 299x299 -> 2048) and random weights."""
+def tiny_inception(folder: Path, active: int | None = None) -> Path:
+    """A torchscript with clean-fid's Inception interface (.layers: normalised 299x299 -> 2048) and random weights;
+    with `active`, only that many output features are non-zero (a covariance of small rank, well conditioned)."""
 
     class Layers(nn.Module):
         def __init__(self) -> None:
@@ -197,8 +198,13 @@ def tiny_inception(folder: Path) -> Path:
             return self.layers(x)
 
     torch.manual_seed(0)
+    net = Net()
+    if active is not None:
+        with torch.no_grad():
+            net.layers.conv.weight[active:] = 0
+            net.layers.conv.bias[active:] = 0
     path = folder / INCEPTION_FILE
-    torch.jit.save(torch.jit.script(Net()), str(path))
+    torch.jit.save(torch.jit.script(net), str(path))
     return path
 
 
@@ -218,6 +224,37 @@ def test_inception_glue_matches_cleanfid_folder_pipeline(tmp_path: Path):
     theirs = get_folder_features(str(pngs), model, num_workers=0, batch_size=8, device=torch.device("cpu"),
                                  mode="clean", verbose=False)
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_suite_reports_fid_inception_as_cleanfid_computes_it_folder_to_folder(tmp_path: Path):
+    from cleanfid.fid import get_folder_features
+
+    class Recording(GroundTruth):
+        images: list = []
+
+        def sample(self, prompts, seeds, steps=None):
+            self.images.append(super().sample(prompts, seeds))
+            return self.images[-1]
+
+    world = get_world("shapes", 16)
+    generator = Recording(world, "ground-truth")
+    n = 16
+    options = {"images": n, "batch_size": 16, "kid_subsets": 3, "kid_subset_size": 8, "features": "inception",
+               "inception_path": str(tiny_inception(tmp_path, active=6)), "device": "cpu", "bootstrap_draws": 20}
+    m = FidSuite(options).run(generator, world, seed=0, progress=False).metrics
+    assert {"fid_inception", "kid_inception", "fid_inception_lo", "fid_inception_floor"} <= set(m)
+    assert not any(k.startswith(("fid_evalclip", "kid_evalclip")) for k in m) and m["fid_features"] == "inception"
+    folders = {}
+    for name, images in (("generated", torch.cat(generator.images).numpy()), ("reference", world.batch(list(range(n)), split="test").images)):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        for i, img in enumerate(images):
+            Image.fromarray(img.transpose(1, 2, 0)).save(folders[name] / f"{i:03d}.png")
+    model = InceptionV3W(str(tmp_path), download=False)
+    feats = {k: get_folder_features(str(f), model, num_workers=0, batch_size=16, device=torch.device("cpu"),
+                                    mode="clean", verbose=False) for k, f in folders.items()}
+    theirs = fid_from_feats(feats["generated"][:, :6], feats["reference"][:, :6])  # the zero features add nothing
+    assert m["fid_inception"] == pytest.approx(theirs, rel=1e-4, abs=1e-6)
 
 
 def test_missing_inception_names_the_file_and_where_to_put_it(tmp_path: Path):
@@ -259,14 +296,29 @@ def test_suite_on_ground_truth_with_tiny_feature_net(tiny_clip, tmp_path: Path):
     suite = FidSuite(options | {"device": "cpu"})
     truth = suite.run(GroundTruth(world, "ground-truth"), world, seed=0, progress=False)
     m = truth.metrics
-    assert m["fid"] >= 0 and np.isfinite(m["fid_floor"]) and m["fid_floor"] > 0 and np.isfinite(m["kid_floor"])
-    assert m["kid_std"] > 0 and len(list(tmp_path.iterdir())) == 3  # generated, reference and floor stats cached
+    assert "fid" not in m and "kid" not in m  # names carry the feature network
+    assert m["fid_evalclip"] >= 0 and m["fid_evalclip_floor"] > 0 and np.isfinite(m["kid_evalclip_floor"])
+    assert m["fid_evalclip_lo"] < m["fid_evalclip"] < m["fid_evalclip_hi"]
+    assert m["kid_evalclip_std"] > 0 and len(list(tmp_path.iterdir())) == 2  # reference and floor stats cached
     assert m["fid_images"] == 24 and m["fid_feature_hash"] == "tiny-random-clip" and m["kid_subset_size"] == 12
     assert m["fid_feature_accuracy"] == 0.5  # the ruler's own accuracy travels into the protocol
     assert len(truth.rows) == 24 and truth.artifacts["images"].shape == (16, 3, 16, 16)
+    again = suite.run(GroundTruth(world, "ground-truth"), world, seed=0, progress=False).metrics
+    assert again == m  # read back from the cache: the same numbers
     blank = suite.run(Blank(world, "blank"), world, seed=0, progress=False).metrics
-    assert blank["fid"] > 5 * max(m["fid"], m["fid_floor"]) and blank["kid"] > m["kid"] + 5 * m["kid_std"]
-    assert blank["fid_floor"] == m["fid_floor"]  # the floor does not depend on the model
+    assert blank["fid_evalclip"] > 5 * max(m["fid_evalclip"], m["fid_evalclip_floor"])
+    assert blank["kid_evalclip"] > m["kid_evalclip"] + 5 * m["kid_evalclip_std"]
+    assert blank["fid_evalclip_floor"] == m["fid_evalclip_floor"]  # the floor does not depend on the model
+
+
+def test_reference_statistics_are_cached_by_default_in_the_user_cache(tiny_clip, tmp_path, monkeypatch):
+    monkeypatch.setenv("NTM_BENCH_CACHE", str(tmp_path / "cache"))
+    world = get_world("shapes", 16)
+    options = {"images": 12, "batch_size": 12, "kid_subsets": 2, "kid_subset_size": 6, "bootstrap_draws": 20}
+    FidSuite(options | {"device": "cpu"}).run(GroundTruth(world, "ground-truth"), world, seed=0, progress=False)
+    assert len(list((tmp_path / "cache" / "fid-stats").glob("*.npz"))) == 2
+    FidSuite(options | {"device": "cpu", "cache_dir": None}).run(Blank(world, "b"), world, seed=0, progress=False)
+    assert len(list((tmp_path / "cache" / "fid-stats").glob("*.npz"))) == 2  # None: no cache read or written
 
 
 def test_suite_refuses_a_floor_that_would_reuse_images(tiny_clip):

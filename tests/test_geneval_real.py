@@ -278,8 +278,9 @@ def test_suite_applies_genevals_rules_to_known_detections(tmp_path):
         "a photo of two circles": {(False, "expected 2 circle, found 1")},
     }
     assert result.metrics == {
-        "geneval_counting": 0.5, "geneval_colors": 0.0, "geneval_position": 1.0, "geneval_color_attr": 0.0,
-        "geneval_overall": 0.375, "geneval_prompts_correct": 0.4, "geneval_images": 10,
+        "geneval_owlv2_counting": 0.5, "geneval_owlv2_colors": 0.0, "geneval_owlv2_position": 1.0,
+        "geneval_owlv2_color_attr": 0.0, "geneval_owlv2_overall": 0.375, "geneval_owlv2_prompts_correct": 0.4,
+        "geneval_owlv2_images": 10,
     }
     red = next(r for r in result.rows if r["prompt"] == "a photo of two red circles")
     # the blue circle scored 0.5 is dropped by the counting threshold; colours were asked of the two kept ones
@@ -315,9 +316,10 @@ def test_suite_end_to_end_on_tiny_owlv2_and_open_clip(folders, tmp_path):
 
     result = GenevalRealSuite(options).run(Noise([]), world=None, seed=0, progress=False)
     assert len(result.rows) == len(TAGS)
-    assert set(result.metrics) == {f"geneval_{t}" for t in TAGS} | {
-        "geneval_overall", "geneval_prompts_correct", "geneval_images"}
-    assert result.metrics["geneval_overall"] == pytest.approx(np.mean([result.metrics[f"geneval_{t}"] for t in TAGS]))
+    m = result.metrics
+    assert set(m) == {f"geneval_owlv2_{t}" for t in TAGS} | {
+        "geneval_owlv2_overall", "geneval_owlv2_prompts_correct", "geneval_owlv2_images"}
+    assert m["geneval_owlv2_overall"] == pytest.approx(np.mean([m[f"geneval_owlv2_{t}"] for t in TAGS]))
     names = set(load_object_names())
     for r, meta in zip(result.rows, rows, strict=True):
         assert isinstance(r["correct"], bool) and r["reason"]

@@ -48,8 +48,17 @@ def geneval(overall: float) -> dict:
 
 
 def fid(value: float, kid: float) -> dict:
+    return {"fid_evalclip": value, "fid_evalclip_lo": value - 1.0, "fid_evalclip_hi": value + 2.0, "kid_evalclip": kid,
+            "kid_evalclip_std": 0.0001, "fid_images": 64, "fid_feature_hash": "feat0", "fid_features": "eval-clip",
+            "fid_reference": "shapes test [0, 64)", "fid_evalclip_floor": 1.25, "kid_evalclip_floor": 0.0002,
+            "fid_feature_accuracy": 0.97}
+
+
+def legacy_fid(value: float, kid: float) -> dict:
+    """A fid record as written before metric names carried the feature network."""
     return {"fid": value, "kid": kid, "kid_std": 0.0001, "fid_images": 64, "fid_feature_hash": "feat0",
-            "fid_reference": "shapes test [0, 64)", "fid_floor": 1.25, "kid_floor": 0.0002, "fid_feature_accuracy": 0.97}
+            "fid_features": "eval-clip", "fid_reference": "shapes test [0, 64)", "fid_floor": 1.25,
+            "kid_floor": 0.0002, "fid_feature_accuracy": 0.97}
 
 
 def uniform_store(root: Path) -> RecordStore:
@@ -74,19 +83,29 @@ def test_new_columns_are_means_over_seeds_with_their_std(tmp_path):
     frame = write_tables(tmp_path).set_index("model")
     ntm = frame.loc["ntm"]
     assert ntm["seeds"] == 2
-    assert ntm["fid"] == pytest.approx(11.0) and ntm["fid_std"] == pytest.approx(math.sqrt(2))
-    assert ntm["kid"] == pytest.approx(0.00123) and ntm["kid_std"] == pytest.approx(0.0)
+    assert ntm["fid_evalclip"] == pytest.approx(11.0) and ntm["fid_evalclip_std"] == pytest.approx(math.sqrt(2))
+    # two seeds' intervals [9, 12] and [11, 14]: the mean's half-widths shrink by sqrt(2)
+    assert ntm["fid_evalclip_lo"] == pytest.approx(11 - 1 / math.sqrt(2))
+    assert ntm["fid_evalclip_hi"] == pytest.approx(11 + 2 / math.sqrt(2))
+    assert ntm["kid_evalclip"] == pytest.approx(0.00123) and ntm["kid_evalclip_std"] == pytest.approx(0.0)
+    assert "fid" not in frame.columns and "kid" not in frame.columns
     assert ntm["clipscore"] == pytest.approx(25.5) and ntm["img_per_s"] == pytest.approx(200.0)
     assert ntm["img_per_s_std"] == pytest.approx(200 / math.sqrt(2)) and ntm["nll_per_s"] == pytest.approx(40.0)
     assert math.isnan(frame.loc["consistency-1", "nll_per_s"])  # no likelihood: n/a, never 0
     assert math.isnan(frame.loc["ground-truth", "img_per_s"])
     csv = (tmp_path / "summary.csv").read_text().splitlines()[0].split(",")
-    assert {"fid", "kid", "clipscore", "img_per_s", "nll_per_s"} <= set(csv)
+    assert {"fid_evalclip", "fid_evalclip_lo", "fid_evalclip_hi", "kid_evalclip", "clipscore", "img_per_s",
+            "nll_per_s"} <= set(csv)
     md = (tmp_path / "summary.md").read_text()
     header = md.splitlines()[0]
-    assert all(f" {c} " in header for c in ("fid", "kid", "clipscore", "img_per_s", "nll_per_s"))
-    assert "11.000 ± 1.414" in md and "0.00123 ± 0.00000" in md and "200 ± 141.4" in md and "2,500" in md
+    assert all(f" {c} " in header for c in ("fid_evalclip", "kid_evalclip", "clipscore", "img_per_s", "nll_per_s"))
+    assert " fid_evalclip_lo " not in header  # folded into the fid_evalclip cell
+    assert "11.000 ± 1.414 [10.29, 12.41]" in md and "0.00123 ± 0.00000" in md and "200 ± 141.4" in md and "2,500" in md
     assert r"img\_per\_s" in (tmp_path / "summary.tex").read_text()
+    compact = (tmp_path / "summary.compact.tex").read_text()
+    # best per column in bold, the ground truth never: ntm has the lower FID and the higher GenEval-style score
+    assert r"fid\_evalclip $\downarrow$" in compact and r"\textbf{11.000}" in compact and r"\textbf{0.550}" in compact
+    assert r"\textbf{2,500}" in compact and r"\textbf{1.000}" not in compact
     assert write_tables(tmp_path).equals(frame.reset_index())  # rebuilt from records alone, identically
 
 
@@ -101,7 +120,7 @@ def test_protocol_lists_distinct_values_and_no_warning_when_uniform(tmp_path):
     assert info["commits"] == ["abc123"] and info["devices"] == ["cpu"] and info["worlds"] == ["shapes@16"]
     assert info["feature_networks"] == {"clipscore_feature_hash": ["clip0"], "fid_feature_hash": ["feat0"]}
     assert info["reference_sets"] == {"fid_reference": ["shapes test [0, 64)"]}
-    assert info["reference_floors"]["fid_floor"] == [1.25] and info["seeds"] == [0, 1]
+    assert info["reference_floors"]["fid_evalclip_floor"] == [1.25] and info["seeds"] == [0, 1]
     # both rulers measured as rulers: the eval-CLIP's retrieval accuracy and the parser on ground truth
     assert info["ruler_accuracy"] == {
         "fid_feature_accuracy": [0.97], "parser (geneval_overall on ground-truth renders)": [1.0]
@@ -174,7 +193,7 @@ def test_quality_vs_nfe_places_one_labelled_point_per_model_on_a_log_axis(tmp_pa
     frame = summary_frame(uniform_store(tmp_path))
     fig = quality_vs_nfe_figure(frame)
     geneval_ax, fid_ax = fig.axes
-    for ax, metric in ((geneval_ax, "geneval_overall"), (fid_ax, "fid")):
+    for ax, metric in ((geneval_ax, "geneval_overall"), (fid_ax, "fid_evalclip")):
         assert ax.get_xscale() == "log" and metric.split("_")[0] in ax.get_ylabel().lower()
         labels = {t.get_text(): t for t in ax.texts}
         assert set(labels) == {"ntm", "consistency-1", "ground-truth"}
@@ -184,9 +203,9 @@ def test_quality_vs_nfe_places_one_labelled_point_per_model_on_a_log_axis(tmp_pa
         # the reference (NFE 0) is a horizontal line at its value, not a point
         truth = frame.set_index("model").loc["ground-truth", metric]
         assert any(np.allclose(line.get_ydata(), truth) for line in ax.get_lines())
-    only_geneval = frame.drop(columns=["fid", "fid_std"])
+    only_geneval = frame.drop(columns=["fid_evalclip", "fid_evalclip_std"])
     assert len(quality_vs_nfe_figure(only_geneval).axes) == 1
-    no_quality = frame.drop(columns=["geneval_overall", "geneval_overall_std", "fid", "fid_std"])
+    no_quality = frame.drop(columns=["geneval_overall", "geneval_overall_std", "fid_evalclip", "fid_evalclip_std"])
     assert quality_vs_nfe_figure(no_quality) is None
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 
 from baselines.base import GeneratorSpec
-from benchmarks.locking import exclusive
 from benchmarks.presets import load_preset
 from benchmarks.records import RecordStore
 from benchmarks.runner import evaluate
 from ntm.checkpoint import save_pretrained
+from ntm.locking import exclusive
 from tests.test_reliability_resume import ROOT, context, contents
 
 

@@ -27,12 +27,12 @@ from benchmarks.audit.conditional import conditional_calibration
 from benchmarks.audit.findings import COLUMNS, finding
 from benchmarks.audit.likelihood import dequantise
 from benchmarks.audit.ood import OodResult, ood_audit, ood_sets
-from benchmarks.audit.options import AuditOptions, audit_options
 from benchmarks.audit.oracle import OracleGenerator
 from benchmarks.audit.report import write_report
 from benchmarks.audit.truth_gap import truth_gap
 from benchmarks.audit.typicality import Typicality, typicality
 from benchmarks.presets import Preset
+from benchmarks.presets.audit import AuditOptions, audit_options
 from benchmarks.records import atomic_write_text
 from benchmarks.runner import build_context, resolve_device
 from benchmarks.suites.base import item_seed

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from baselines.registry import UnknownNameError
+from benchmarks.presets.audit import AuditOptions
 from ntm.train import TrainConfig
 
 PRESET_DIR = Path(__file__).parent
@@ -32,8 +33,11 @@ class Preset:
     world_options: dict[str, Any] = field(default_factory=dict)
     """Options of the world's factory (`get_world(world, resolution, **world_options)`), e.g. a folder path."""
     audit: dict[str, Any] | None = None
-    """The likelihood audit's options (`benchmarks.audit.options.AuditOptions`); with this table present,
+    """The likelihood audit's options (`benchmarks.presets.audit.AuditOptions`); with this table present,
     `ntm-bench reproduce` runs the audit after the suites. `audit-likelihood` takes the defaults without it."""
+    overrides: tuple[str, ...] = ()
+    """The command-line overrides applied to the file (`benchmarks.presets.overrides`), in order; the runner
+    writes them into every record's protocol. Not a TOML key."""
 
     def options_for(self, name: str) -> dict[str, Any]:
         """Model `name`'s options: those of the model it shares weights with (its registry entry's `shares`,
@@ -70,19 +74,28 @@ def load_preset(name_or_path: str | Path) -> Preset:
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"preset {path} is not valid TOML: {err}") from err
     data.setdefault("name", path.stem)
+    if "overrides" in data:
+        raise ValueError(f"preset {path}: 'overrides' is not a preset key (it records command-line --set options)")
+    return check_preset(data, str(path))
+
+
+def check_preset(data: dict[str, Any], where: str) -> Preset:
+    """A Preset from TOML-like `data` (lists, tables), every key, type, name and budget checked; errors name
+    `where` (the file, or the preset and its command-line overrides)."""
+    data = dict(data)
     fields = {f.name: f for f in dataclasses.fields(Preset)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"preset {path}: unknown key(s) {unknown}; valid: {sorted(fields)}")
+        raise ValueError(f"preset {where}: unknown key(s) {unknown}; valid: {sorted(set(fields) - {'overrides'})}")
     missing = sorted(n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
     if missing:
-        raise ValueError(f"preset {path}: missing key(s) {missing}")
-    _check_types(data, path)
-    for key in ("models", "suites", "seeds"):
+        raise ValueError(f"preset {where}: missing key(s) {missing}")
+    _check_types(data, where)
+    for key in ("models", "suites", "seeds", "overrides"):
         if key in data:
             data[key] = tuple(data[key])
     preset = Preset(**data)
-    _validate(preset, path)
+    _validate(preset, where)
     return preset
 
 
@@ -120,18 +133,19 @@ _TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model_options": (_is_table_of_tables, "a table of tables, e.g. [model_options.ntm] guidance = 2.0"),
     "suite_options": (_is_table_of_tables, "a table of tables, e.g. [suite_options.nll] images = 64"),
     "world_options": (lambda v: isinstance(v, dict), 'a table, e.g. [world_options] path = "/data/coco-val2017"'),
-    "audit": (lambda v: isinstance(v, dict), "a table, e.g. [audit] truth_images = 32"),
+    "audit": (lambda v: v is None or isinstance(v, dict), "a table, e.g. [audit] truth_images = 32"),
+    "overrides": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
 }
 
 
-def _check_types(data: dict[str, Any], path: Path) -> None:
+def _check_types(data: dict[str, Any], path: Path | str) -> None:
     for key, value in data.items():
         check, wanted = _TYPES[key]
         if not check(value):
             raise ValueError(f"preset {path}: {key} = {value!r} must be {wanted}")
 
 
-def _validate(preset: Preset, path: Path) -> None:
+def _validate(preset: Preset, path: Path | str) -> None:
     """Fail on load, naming the file, rather than after an hour of training."""
     import benchmarks.reference  # noqa: F401  (registers the reference rows)
     from baselines.registry import model_options
@@ -156,8 +170,6 @@ def _validate(preset: Preset, path: Path) -> None:
         except ValueError as err:
             raise ValueError(f"preset {path}, [train.{recipe}]: {err}") from None
     if preset.audit is not None:
-        from benchmarks.audit.options import AuditOptions
-
         try:
             AuditOptions.from_dict(preset.audit).known_world_budgets(preset.train)
         except (TypeError, ValueError) as err:

@@ -6,6 +6,12 @@ set, so a perfect generator's images are distributed exactly like the floor set 
 score is the floor (FID/KID of floor set vs reference): the noise level of this sample size and
 feature net, below which no difference is meaningful. Features: the world's eval-CLIP image tower,
 or clean-fid's InceptionV3 for real photos (`benchmarks.fid`).
+
+Metric names carry the feature network (`fid_evalclip`, `kid_inception`, ...): an FID in a world's small
+eval-CLIP is not on the scale of the Inception FIDs papers publish. `fid_<net>_lo` / `_hi` are a 95%
+bootstrap interval over the generated images (`benchmarks.fid.fid_bootstrap`). The reference and floor
+sets' statistics are cached (`cache_dir`, default `benchmarks.fid.default_cache_dir()`), keyed by the images'
+bytes and the network's hash.
 """
 
 from __future__ import annotations
@@ -17,11 +23,17 @@ import torch
 
 from baselines.base import Generator
 from benchmarks.fid import (
-    FeatureNet, FeatureStats, eval_clip_net, feature_stats, fid_from_stats, inception_net, kernel_inception_distance,
+    FeatureNet, default_cache_dir, eval_clip_net, feature_stats, fid_bootstrap, fid_from_stats,
+    inception_net, kernel_inception_distance,
 )
 from benchmarks.suites.base import NotApplicable, Suite, SuiteResult, item_seed, sample_all
 
 FEATURES = ("eval-clip", "inception")
+
+
+def metric_tag(features: str) -> str:
+    """The feature network's name as it appears in metric names: eval-clip -> evalclip."""
+    return features.replace("-", "")
 
 
 @dataclass(frozen=True)
@@ -32,7 +44,10 @@ class FidOptions:
     kid_subset_size: int = 100
     features: str = "eval-clip"
     inception_path: str | None = None
-    cache_dir: str | None = None
+    cache_dir: str | None = "auto"
+    """Where the reference and floor sets' feature statistics are cached: "auto" (the user cache,
+    `benchmarks.fid.default_cache_dir()`), a folder, or None / "" for no cache."""
+    bootstrap_draws: int = 1000
     device: str = "auto"
     grid: int = 16
     first_index: int = 0
@@ -46,6 +61,8 @@ class FidOptions:
             raise ValueError(f"fid features must be one of {FEATURES}, got {self.features!r}")
         if self.images < 2:
             raise ValueError(f"fid needs images >= 2, got {self.images}")
+        if self.bootstrap_draws < 2:
+            raise ValueError(f"fid bootstrap_draws must be >= 2, got {self.bootstrap_draws}")
 
 
 class FidSuite(Suite):
@@ -85,23 +102,26 @@ class FidSuite(Suite):
         seeds = [item_seed(seed, i) for i in range(n)]
         images = sample_all(generator, prompts, seeds, o.batch_size, f"{generator.spec.name} fid", progress)
 
-        def stats(x: np.ndarray) -> FeatureStats:
-            return feature_stats(x, net, o.batch_size, o.cache_dir)
-
-        generated, reference, held_out = stats(images), stats(real.images[:n]), stats(real.images[n:])
+        cache = str(default_cache_dir()) if o.cache_dir == "auto" else (o.cache_dir or None)
+        generated = feature_stats(images, net, o.batch_size)
+        reference, held_out = (feature_stats(x, net, o.batch_size, cache) for x in (real.images[:n], real.images[n:]))
         kid, kid_std = kernel_inception_distance(
             generated.features, reference.features, o.kid_subsets, o.kid_subset_size, seed
         )
         kid_floor, kid_floor_std = kernel_inception_distance(
             held_out.features, reference.features, o.kid_subsets, o.kid_subset_size, seed
         )
+        fid_lo, fid_hi = fid_bootstrap(generated.features, reference, o.bootstrap_draws, seed)
+        tag = metric_tag(o.features)
         metrics = {
-            "fid": fid_from_stats(generated, reference),
-            "kid": kid,
-            "kid_std": kid_std,
-            "fid_floor": fid_from_stats(held_out, reference),
-            "kid_floor": kid_floor,
-            "kid_floor_std": kid_floor_std,
+            f"fid_{tag}": fid_from_stats(generated, reference),
+            f"fid_{tag}_lo": fid_lo,
+            f"fid_{tag}_hi": fid_hi,
+            f"kid_{tag}": kid,
+            f"kid_{tag}_std": kid_std,
+            f"fid_{tag}_floor": fid_from_stats(held_out, reference),
+            f"kid_{tag}_floor": kid_floor,
+            f"kid_{tag}_floor_std": kid_floor_std,
             "fid_reference": f"world {world.name!r} @ {world.resolution}px, test items [{o.first_index}, "
                              f"{o.first_index + n}); prompts and floor set: test items [{o.first_index + n}, "
                              f"{o.first_index + 2 * n})",

@@ -7,6 +7,7 @@ with a human-readable reason per image. Overall = mean of the per-task accuracie
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,6 +26,20 @@ class GenevalOptions:
     grid_per_category: int = 4
 
 
+def suite_prompts(world, options: GenevalOptions) -> list[dict]:
+    """The GenEval-style metadata rows the suite samples on `world` (the same for every run seed)."""
+    if not world.categories:
+        raise NotApplicable(f"world {world.name!r} has no GenEval-style prompts")
+    return world.prompts(options.prompts_per_category, seed=options.prompt_seed)
+
+
+def suite_items(entries: Sequence[dict], images_per_prompt: int, seed: int) -> tuple[list[tuple[int, dict]], list[int]]:
+    """(prompt index, row) for every image, `images_per_prompt` consecutive ones per row, and each image's seed:
+    image k of prompt p is item p * images_per_prompt + k, seeded `item_seed(seed, item)`."""
+    items = [(p, e) for p, e in enumerate(entries) for _ in range(images_per_prompt)]
+    return items, [item_seed(seed, i) for i in range(len(items))]
+
+
 class GenevalSuite(Suite):
     """GenEval-style compositional accuracy, six tasks, scored by the world's detector."""
 
@@ -34,11 +49,7 @@ class GenevalSuite(Suite):
 
     def run(self, generator: Generator, world, seed: int, progress: bool = True) -> SuiteResult:
         o = self.options
-        if not world.categories:
-            raise NotApplicable(f"world {world.name!r} has no GenEval-style prompts")
-        entries = world.prompts(o.prompts_per_category, seed=o.prompt_seed)
-        items = [(p, e) for p, e in enumerate(entries) for _ in range(o.images_per_prompt)]
-        seeds = [item_seed(seed, i) for i in range(len(items))]
+        items, seeds = suite_items(suite_prompts(world, o), o.images_per_prompt, seed)
         images = sample_all(
             generator, [e["prompt"] for _, e in items], seeds, o.batch_size, f"{generator.spec.name} geneval", progress
         )

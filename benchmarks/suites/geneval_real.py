@@ -4,7 +4,9 @@ Each metadata row's prompt is sampled `images_per_prompt` times (GenEval uses 4)
 OWLv2 and a CLIP colour classifier (`benchmarks.detection`, loaded from local folders) and judged by
 GenEval's rules with confidence-ranked colour checks (`geneval_rules.score(..., ranked=True)`). Per-task
 accuracy is the fraction of correct images of that task and `geneval_overall` their mean, as in GenEval's
-`summary_scores.py`; the metric names match the `geneval` suite so tables line up. The world is unused:
+`summary_scores.py`. The metrics are named `geneval_owlv2_*` (`geneval_owlv2_overall`, ...): the detector
+is OWLv2, not GenEval's Mask2Former, so they are not GenEval's own numbers (`ntm-bench generate --layout
+geneval` + `import-geneval` bring those in as `geneval_official_*`). The world is unused:
 prompts come from the metadata file, and images are generated in batches and scored as they come, so only
 a small grid of them is kept.
 """
@@ -31,6 +33,9 @@ from benchmarks.detection import (
     load_detector,
 )
 from benchmarks.geneval_rules import TAGS, load_geneval_metadata, score
+
+PREFIX = "geneval_owlv2"
+"""Metric-name prefix: GenEval's prompts and rules, read by OWLv2 (not GenEval's own detector)."""
 from benchmarks.suites.base import Suite, SuiteResult, in_batches, item_seed, sample_all
 
 METADATA = Path(__file__).resolve().parents[1] / "data/geneval/evaluation_metadata.jsonl"
@@ -49,6 +54,8 @@ class GenevalRealOptions:
     clip_path: str | None = None
     batch_size: int = 8
     limit: int | None = None
+    per_task_limit: int | None = None
+    """Keep the first `per_task_limit` prompts of each task (`--limit`); None keeps all."""
     threshold: float = 0.3
     counting_threshold: float = 0.9
     max_objects: int = 16
@@ -67,6 +74,8 @@ class GenevalRealOptions:
             raise ValueError(f"grid_per_category must be >= 0, got {self.grid_per_category}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 or unset, got {self.limit}")
+        if self.per_task_limit is not None and self.per_task_limit < 1:
+            raise ValueError(f"per_task_limit must be >= 1 or unset, got {self.per_task_limit}")
         for name in ("threshold", "counting_threshold", "nms_iou"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
@@ -116,6 +125,13 @@ class GenevalRealSuite(Suite):
         o = self.options
         path = o.metadata_path or METADATA
         metas = load_geneval_metadata(path)[: o.limit]
+        if o.per_task_limit is not None:
+            kept, seen = [], {}
+            for m in metas:
+                seen[m["tag"]] = seen.get(m["tag"], 0) + 1
+                if seen[m["tag"]] <= o.per_task_limit:
+                    kept.append(m)
+            metas = kept
         if not metas:
             raise ValueError(f"no GenEval prompts in {path}")
         detector = self.load_detector()
@@ -151,10 +167,10 @@ class GenevalRealSuite(Suite):
         by_prompt: dict[int, bool] = {}
         for r in rows:
             by_prompt[r["prompt_index"]] = by_prompt.get(r["prompt_index"], False) or r["correct"]
-        metrics: dict[str, Any] = {f"geneval_{t}": acc for t, acc in per_task.items()}
-        metrics["geneval_overall"] = float(np.mean(list(per_task.values())))
-        metrics["geneval_prompts_correct"] = float(np.mean(list(by_prompt.values())))
-        metrics["geneval_images"] = len(rows)
+        metrics: dict[str, Any] = {f"{PREFIX}_{t}": acc for t, acc in per_task.items()}
+        metrics[f"{PREFIX}_overall"] = float(np.mean(list(per_task.values())))
+        metrics[f"{PREFIX}_prompts_correct"] = float(np.mean(list(by_prompt.values())))
+        metrics[f"{PREFIX}_images"] = len(rows)
         shown = [pair for t in tags for pair in grid[t]]
         artifacts = (
             {"images": np.stack([im for im, _ in shown]), "prompts": np.array([pr for _, pr in shown])} if shown else {}

@@ -1,4 +1,7 @@
-"""The audit's sizes, tolerances and known-world budgets, read from a preset's `[audit]` table.
+"""A preset's `[audit]` table: the likelihood audit's sizes, tolerances and known-world budgets.
+
+It lives with the presets (which check the table when they load) rather than in `benchmarks.audit`, so the
+presets never import the audit that runs on them.
 
 The defaults keep the tiny preset's audit within minutes on two CPU cores once its models are
 trained; raise the image counts for tighter standard errors.
@@ -8,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from benchmarks.presets import Preset
+if TYPE_CHECKING:  # annotations only: this module is imported by `benchmarks.presets` itself
+    from benchmarks.presets import Preset
 
 
 @dataclass(frozen=True)
