@@ -45,7 +45,7 @@ from PIL import Image
 from rich.progress import Progress
 
 from baselines.base import Generator, stable_hash
-from benchmarks.geneval_rules import TAGS, load_geneval_metadata
+from benchmarks.geneval_rules import TAGS, load_geneval_metadata, read_jsonl
 from benchmarks.records import RecordKey, RecordStore, atomic_write_text, ensure_writable, protocol
 from benchmarks.suites.base import NotApplicable, sample_all
 from benchmarks.suites.geneval import GenevalOptions, suite_items, suite_prompts
@@ -257,28 +257,21 @@ def read_geneval_results(path: str | Path) -> list[dict]:
             f"GenEval results file {path} does not exist; score the exported folder with GenEval's "
             "evaluation/evaluate_images.py (it writes results.jsonl) and pass that file"
         )
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-                if not isinstance(row.get("tag"), str) or not _TAG.fullmatch(row["tag"]):
-                    raise ValueError(f"tag {row.get('tag')!r} is not a task name such as {TAGS[0]}")
-                if not isinstance(row.get("correct"), bool):
-                    raise ValueError(f"correct {row.get('correct')!r} is not true or false")
-                for key in ("metadata", "details"):
-                    if isinstance(row.get(key), str):
-                        row[key] = json.loads(row[key])
-            except ValueError as err:  # json.JSONDecodeError is a ValueError
-                raise ValueError(f"{path}:{lineno}: bad GenEval result row: {err}") from None
-            rows.append(row)
+    rows = read_jsonl(path, _check_result, "GenEval result row")
     if not rows:
         raise ValueError(f"GenEval results file {path} holds no result rows")
     return rows
+
+
+def _check_result(row: dict) -> None:
+    """A GenEval result row has a task tag and a boolean `correct`; its JSON-string fields are parsed in place."""
+    if not isinstance(row.get("tag"), str) or not _TAG.fullmatch(row["tag"]):
+        raise ValueError(f"tag {row.get('tag')!r} is not a task name such as {TAGS[0]}")
+    if not isinstance(row.get("correct"), bool):
+        raise ValueError(f"correct {row.get('correct')!r} is not true or false")
+    for key in ("metadata", "details"):
+        if isinstance(row.get(key), str):
+            row[key] = json.loads(row[key])
 
 
 def _prompt_key(row: dict) -> str:

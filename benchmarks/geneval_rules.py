@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,8 +157,9 @@ def _validate_item(item: object, where: str, i: int) -> None:
             raise ValueError(f"{name} 'position' must be [relation, index] with relation in {RELATIONS}")
 
 
-def load_geneval_metadata(path: str | Path) -> list[dict]:
-    """Read GenEval's `evaluation_metadata.jsonl`, one validated row per non-empty line."""
+def read_jsonl(path: str | Path, check: Callable[[dict], None], what: str) -> list[dict]:
+    """One JSON object per non-empty line of `path`, each passed to `check` (which raises ValueError or fixes
+    the row in place); a bad line is a ValueError naming the file, the line and `what` it should be."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -165,8 +167,15 @@ def load_geneval_metadata(path: str | Path) -> list[dict]:
                 continue
             try:
                 row = json.loads(line)
-                validate_metadata(row)
+                if not isinstance(row, dict):
+                    raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+                check(row)
             except ValueError as e:  # json.JSONDecodeError is a ValueError
-                raise ValueError(f"{path}:{lineno}: bad GenEval metadata row: {e}") from e
+                raise ValueError(f"{path}:{lineno}: bad {what}: {e}") from None
             rows.append(row)
     return rows
+
+
+def load_geneval_metadata(path: str | Path) -> list[dict]:
+    """Read GenEval's `evaluation_metadata.jsonl`, one validated row per non-empty line."""
+    return read_jsonl(path, validate_metadata, "GenEval metadata row")
