@@ -239,7 +239,7 @@ def train_(
     model: Annotated[str, typer.Argument(help="A registered model (see `ntm-bench models`), e.g. ntm.")],
     preset: PresetOpt = "tiny",
     world: Annotated[str | None, typer.Option(help="Train on this world instead of the preset's.")] = None,
-    init: Annotated[str | None, typer.Option(help="NTM only: 'scratch' or 'teacher' (start from the flow-matching teacher).")] = None,
+    init: Annotated[str | None, typer.Option(help="NTM only: 'scratch', 'teacher' (start from the flow-matching teacher) or 'diffusers:PATH' (fine-tune a local SD3-family pipeline in its VAE latent space, as the ntm-diffusers model).")] = None,
     out: Annotated[Path | None, typer.Option(help="Results folder; weights go to OUT/checkpoints. Default: results/<preset>.")] = None,
     device: DeviceOpt = None,
     progress: ProgressOpt = True,

@@ -31,6 +31,19 @@ from ntm.transporter import TransporterConfig
 RECIPE = "ntm"
 DENOISER_RECIPE = "ntm_denoiser"
 INITS = ("scratch", "teacher")
+DIFFUSERS_INIT = "diffusers:"
+"""`init = "diffusers:PATH"`: the NTM is built around a local SD3-family pipeline instead (`baselines.ntm_diffusers`)."""
+
+
+def check_inputs(name: str, options: dict) -> list[str]:
+    """What stops `name` from loading, found without loading weights: only an `init = "diffusers:PATH"` NTM reads
+    local files (its pipeline folder and optional caption folder); every other NTM trains from the world."""
+    init = options.get("init")
+    if isinstance(init, str) and init.startswith(DIFFUSERS_INIT):
+        from baselines.ntm_diffusers import check_inputs as diffusers_inputs
+
+        return diffusers_inputs(name, options)
+    return []
 
 
 def ntm_config(
@@ -198,7 +211,30 @@ class NTMGenerator(Generator):
         sample_steps: int | None = None, eta: float = 1.0, align_normalised: bool = True, t_min_low: float = 0.0,
     ) -> NTMGenerator:
         """`steps` is the K the model is built for; `sample_steps` samples (and scores) the same weights at
-        another K it was trained over (`step_counts`); `eta` < 1 samples with `ntm.model.eta_step`."""
+        another K it was trained over (`step_counts`); `eta` < 1 samples with `ntm.model.eta_step`.
+
+        `init = "diffusers:PATH"` builds the NTM around a local SD3-family pipeline in its VAE latent space
+        instead (`baselines.ntm_diffusers`, the `ntm-diffusers` model), on the preset's `[train.<recipe>]` budget
+        and the transporter table of `[backbone]` if any; options that only the shared backbone has must stay at
+        their defaults there."""
+        if init.startswith(DIFFUSERS_INIT):
+            unsupported = {
+                "step_counts": (tuple(step_counts), ()), "sample_steps": (sample_steps, None), "eta": (eta, 1.0),
+                "align_normalised": (align_normalised, True),
+            }
+            given = sorted(k for k, (value, default) in unsupported.items() if value != default)
+            if given:
+                raise ValueError(
+                    f"{name}: option(s) {given} are not available with init = {init!r}; drop them "
+                    "(the ntm-diffusers model lists what an NTM around a diffusers pipeline takes)"
+                )
+            from baselines.ntm_diffusers import NTMDiffusersGenerator
+
+            f_t = (dict(ctx.backbone.get("transporter", {})) or True) if transporter else False
+            return NTMDiffusersGenerator.from_context(
+                ctx, name, init=init, steps=steps, guidance=guidance, bound_samples=bound_samples, transporter=f_t,
+                align_steps=align_steps, align_weight=align_weight, recipe=recipe, t_min_low=t_min_low,
+            )
         directory = train_ntm(
             ctx, transporter, steps, init, align_steps, data_variance, align_weight, step_counts, recipe, align_normalised,
             t_min_low,

@@ -255,6 +255,16 @@ register(
     shares="ntm",
 )
 register(
+    "ntm-diffusers",
+    "baselines.ntm_diffusers:NTMDiffusersGenerator",
+    "NTM fine-tuned from a local SD3-family diffusers pipeline (init = \"diffusers:PATH\") in its VAE latent space",
+)
+register(
+    "diffusers-latent-flow",
+    "baselines.ntm_diffusers:DiffusersLatentFlowGenerator",
+    "the pipeline ntm-diffusers starts from, in the same latent space: Euler + CFG, ODE NLL of the latent",
+)
+register(
     "consistency",
     "baselines.consistency:ConsistencyGenerator",
     "LCM-style consistency distillation of the teacher (CFG-2 targets), multistep sampling",

@@ -41,7 +41,7 @@ SHOWN = [
 METRICS = [
     *_geneval_metrics("geneval"), *_geneval_metrics("geneval_owlv2"), *_geneval_metrics("geneval_official"),
     *[f"{m}_{net}" for net in FEATURE_NETS for m in ("fid", "kid")], "clipscore", "nll_bpd", "nll_traj_bpd",
-    "img_per_s", "nll_per_s",
+    "nll_latent_bpd", "nll_traj_latent_bpd", "img_per_s", "nll_per_s",
 ]
 """Every metric column, in table order; those not in SHOWN appear when some record has them."""
 INTERVALS = [m for m in METRICS if m.startswith(("geneval", "fid_"))]

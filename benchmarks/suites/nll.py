@@ -7,6 +7,11 @@ a model without a likelihood gets "n/a", never a number. Models with a generativ
 (NTM) also report the exact trajectory NLL, -log p(x_{t_0..K} | c) for one forward trajectory from
 each held-out image, in bits per data dimension (`nll_traj_bpd`: a continuous density over
 (K+1) D numbers, so it is not comparable with `nll_bpd` and may be negative).
+
+A model whose likelihood is a density of a latent code rather than of pixels (an NTM in a VAE's latent space)
+says so in its result's settings (`nll_space = "latent"`, `latent_dim`). Its rows are reported per latent
+dimension and without dequantisation terms (the latent is continuous), under their own names
+(`nll_latent_bpd`, `nll_traj_latent_bpd`), so they never sit in the pixel `nll_bpd` column.
 """
 
 from __future__ import annotations
@@ -63,8 +68,11 @@ class NllSuite(Suite):
         nll = torch.cat([r.nll_nats for r in results]).double().cpu().numpy()
         stderr = [r.stderr for r in results]
         stderr = torch.cat(stderr).double().cpu().numpy() if all(s is not None for s in stderr) else None
-        bpd = bits_per_dim(nll, dim)
         first = results[0]
+        latent = first.settings.get("nll_space") == "latent"
+        if latent:
+            return self._latent(first, parts[0] if trajectory is not None else None, batch, seeds, nll, stderr, trajectory)
+        bpd = bits_per_dim(nll, dim)
         rows = [
             {
                 "item": i, "caption": batch.captions[i], "seed": seeds[i], "nll_nats": float(nll[i]), "bpd": float(bpd[i]),
@@ -87,4 +95,34 @@ class NllSuite(Suite):
             # exact continuous density of a whole trajectory, per data dimension: no dequantisation terms
             metrics["nll_traj_bpd"] = float(trajectory.mean() / (dim * math.log(2)))
             metrics["nll_traj_estimator"] = parts[0].estimator
+        return SuiteResult(rows, metrics)
+
+    def _latent(self, first, traj_first, batch, seeds, nll, stderr, trajectory) -> SuiteResult:
+        """Rows and metrics of a latent-space likelihood: continuous nats over `latent_dim`, in bits per latent dim."""
+        dim = int(first.settings["latent_dim"])
+        bits = nll / (dim * math.log(2))
+        n = len(bits)
+        rows = [
+            {
+                "item": i, "caption": batch.captions[i], "seed": seeds[i], "nll_nats": float(nll[i]),
+                "bits_per_latent_dim": float(bits[i]),
+                "nll_stderr_nats": None if stderr is None else float(stderr[i]),
+                "trajectory_nll_nats": None if trajectory is None else float(trajectory[i]),
+            }
+            for i in range(n)
+        ]
+        metrics = {
+            "nll_latent_bpd": float(bits.mean()),
+            "nll_latent_bpd_sem": float(bits.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
+            "nll_estimator": first.estimator,
+            "nll_target": first.target,
+            "nll_settings": dict(first.settings),
+            "nll_space": "latent",
+            "nll_dim": dim,
+            "nll_images": n,
+            "nll_units": "bits per latent dimension (continuous density of the VAE latent; not pixel bits/dim)",
+        }
+        if trajectory is not None:
+            metrics["nll_traj_latent_bpd"] = float(trajectory.mean() / (dim * math.log(2)))
+            metrics["nll_traj_estimator"] = traj_first.estimator
         return SuiteResult(rows, metrics)

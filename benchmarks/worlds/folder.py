@@ -13,58 +13,23 @@ world are not applicable.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from baselines.caption_folder import CAPTIONS_FILE, Entry, load_image, read_captions
 from benchmarks.geneval_rules import Detection
-from benchmarks.worlds.base import SPLITS, Batch, World, check_split
+from benchmarks.worlds.base import Batch, World, check_split
 
-CAPTIONS_FILE = "captions.jsonl"
 DEFAULT_RESOLUTION = 256
 FIX = (
     f"Put the images and a {CAPTIONS_FILE} (one {{\"file\": ..., \"caption\": ...}} per line, files relative to "
     "the folder) in one folder, e.g. COCO val2017 with one of its captions per image, and set "
     '[world_options] path = "/path/to/that/folder"'
 )
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One captioned image: its path and caption."""
-
-    file: Path
-    caption: str
-
-
-def read_captions(folder: Path, captions: str = CAPTIONS_FILE) -> tuple[dict[str, list[Entry]], list[str]]:
-    """The entries of each split from `folder/captions`, and one problem per malformed line."""
-    splits: dict[str, list[Entry]] = {s: [] for s in SPLITS}
-    problems = []
-    lines = (folder / captions).read_text(encoding="utf-8").splitlines()
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{folder / captions}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            problems.append(f"world 'folder': {where} is not JSON ({err.msg})")
-            continue
-        if not isinstance(row, dict) or not isinstance(row.get("file"), str) or not isinstance(row.get("caption"), str):
-            problems.append(f"world 'folder': {where} needs string fields \"file\" and \"caption\"")
-            continue
-        split = row.get("split", "test")
-        if split not in SPLITS:
-            problems.append(f"world 'folder': {where} has split {split!r}; use one of {', '.join(SPLITS)}")
-            continue
-        splits[split].append(Entry(folder / row["file"], " ".join(row["caption"].split())))
-    return splits, problems
+__all__ = ["CAPTIONS_FILE", "DEFAULT_RESOLUTION", "FIX", "Entry", "FolderWorld", "check_inputs", "load_image", "read_captions"]
 
 
 def check_inputs(options: Mapping[str, Any]) -> list[str]:
@@ -89,19 +54,6 @@ def check_inputs(options: Mapping[str, Any]) -> list[str]:
     if not splits["test"]:
         problems.append(f"world 'folder': {folder / captions} has no test images (rows without \"split\" are test)")
     return problems
-
-
-def load_image(file: Path, resolution: int) -> np.ndarray:
-    """uint8 (3, R, R): shorter side resized to R (bicubic), then the centred R x R square."""
-    with Image.open(file) as image:
-        image = image.convert("RGB")
-        width, height = image.size
-        scale = resolution / min(width, height)
-        size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
-        image = image.resize(size, Image.Resampling.BICUBIC)
-        left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-        image = image.crop((left, top, left + resolution, top + resolution))
-    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
 class FolderWorld(World):
