@@ -151,7 +151,7 @@ def test_diffusers_names_resolve_to_the_generic_adapter_without_being_listed():
     assert entry.load() is DiffusersGenerator and entry.options == {"path": "/tmp/x"}
     assert get_entry("diffusers:owner/repo").options == {"path": "owner/repo"}
     assert set(model_options("diffusers:/tmp/x")) == set(GENERIC_OPTIONS)
-    assert not any(name.startswith("diffusers") for name in available_models())
+    assert not any(name.startswith("diffusers:") for name in available_models())
     assert "lcm" in available_models() and "scheduler" in model_options("lcm")
     for bad in ("nope", "diffusers:", "diffusers: "):
         with pytest.raises(UnknownNameError, match=r"available: .*lcm.*; or diffusers:/path/to/pipeline-folder"):

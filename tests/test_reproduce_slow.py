@@ -14,7 +14,7 @@ def test_reproduce_tiny_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(out / "summary.csv").set_index("model")
     students = {"consistency", "progressive", "add"}
-    assert {"ground-truth", "fm-teacher", "fm-teacher-4", "ntm", "ntm-fast", "ntm-no-transporter"} | students <= set(frame.index)
+    assert {"ground-truth", "fm-teacher", "fm-teacher-4", "ntm", "ntm-fast"} | students <= set(frame.index)
     required = ["family", "steps", "nfe", "params", "train_steps", "teacher_nfe", "geneval_overall", "nll_bpd", "nll_estimator"]
     assert all(c in frame.columns for c in required)
     assert frame.loc["ground-truth", "geneval_overall"] == 1.0
