@@ -38,7 +38,12 @@ VARIANTS: dict[str, tuple[str, dict, dict, dict]] = {
     "K = 4 only": ("ntm", {}, {}, {"step_counts": []}),
     "f_T = id (ntm-no-transporter)": ("ntm-no-transporter", {}, {}, {}),
 }
-COLUMNS = ["variant", "model", "geneval_overall", "fid_evalclip", "nll_bpd", "step1_nll_per_dim", "step2_nll_per_dim", "grad_norm_max_over_median"]
+COLUMNS = [
+    "variant", "model", "geneval_overall", "geneval_overall_lo", "geneval_overall_hi", "fid_evalclip", "fid_evalclip_lo",
+    "fid_evalclip_hi", "nll_bpd", "step1_nll_per_dim", "step2_nll_per_dim", "grad_norm_max_over_median",
+]
+SHOWN = ["variant", "model", "geneval_overall", "fid_evalclip", "nll_bpd", "step1_nll_per_dim", "step2_nll_per_dim",
+         "grad_norm_max_over_median"]
 
 
 def slug(name: str) -> str:
@@ -88,7 +93,7 @@ def main() -> None:
         stats = train(variant, out, model, progress=False).spec.training
         rows.append({
             "variant": name, "model": model,
-            "geneval_overall": summary.get("geneval_overall"), "fid_evalclip": summary.get("fid_evalclip"), "nll_bpd": summary.get("nll_bpd"),
+            **{c: summary.get(c) for c in COLUMNS[2:9]},
             "step1_nll_per_dim": float(steps[0]["nll_per_dim"]), "step2_nll_per_dim": float(steps[1]["nll_per_dim"]),
             "grad_norm_max_over_median": stats.get("grad_norm_max", float("nan")) / stats.get("grad_norm_median", float("nan")),
         })
@@ -101,9 +106,18 @@ def write(out: Path, rows: list[dict], budget: str) -> None:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = ["| " + " | ".join(SHOWN) + " |", "|" + "---|" * len(SHOWN)]
+
+    def cell(r: dict, c: str) -> str:
+        if isinstance(r[c], str):
+            return r[c]
+        text = f"{r[c]:.3f}"
+        if r.get(f"{c}_lo") is not None and r.get(f"{c}_hi") is not None:
+            text += f" [{r[c + '_lo']:.3f}, {r[c + '_hi']:.3f}]"
+        return text
+
     for r in rows:
-        lines.append("| " + " | ".join(r[c] if isinstance(r[c], str) else f"{r[c]:.3f}" for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(cell(r, c) for c in SHOWN) + " |")
     (out / "ablation.md").write_text(f"NTM ablation ({budget}); command: python scripts/ntm_ablation.py\n\n" + "\n".join(lines) + "\n")
 
 
