@@ -71,6 +71,20 @@ def load_image(file: Path, resolution: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
+def check_listed(folder: Path, captions: str, label: str) -> tuple[dict[str, list[Entry]], list[str]]:
+    """`read_captions`, plus one problem (prefixed `label`) when images the captions file lists are missing."""
+    splits, problems = read_captions(folder, captions, label)
+    entries = [e for split in splits.values() for e in split]
+    missing = [e.file for e in entries if not e.file.is_file()]
+    if missing:
+        shown = ", ".join(str(f) for f in missing[:3])
+        problems.append(
+            f"{label}: {len(missing)} of {len(entries)} images listed in {folder / captions} are missing "
+            f"(e.g. {shown}); copy them there or drop their lines"
+        )
+    return splits, problems
+
+
 def folder_problems(path: str | Path | None, what: str, fix: str, captions: str = CAPTIONS_FILE) -> list[str]:
     """What stops a caption folder at `path` from being read: missing folder, captions file, images or rows.
 
@@ -84,16 +98,8 @@ def folder_problems(path: str | Path | None, what: str, fix: str, captions: str 
         return [f"{what} {path} does not exist. {fix}"]
     if not (folder / captions).is_file():
         return [f"{what} {folder} has no {captions}. {fix}"]
-    splits, problems = read_captions(folder, captions, what)
-    entries = [e for split in splits.values() for e in split]
-    missing = [e.file for e in entries if not e.file.is_file()]
-    if missing:
-        shown = ", ".join(str(f) for f in missing[:3])
-        problems.append(
-            f"{what}: {len(missing)} of {len(entries)} images listed in {folder / captions} are missing "
-            f"(e.g. {shown}); copy them there or drop their lines"
-        )
-    if not entries and not problems:
+    splits, problems = check_listed(folder, captions, what)
+    if not any(splits.values()) and not problems:
         problems.append(f"{what} {folder / captions} lists no images. {fix}")
     return problems
 

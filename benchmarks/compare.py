@@ -25,8 +25,7 @@ class Comparison:
     """folder -> model -> (FID, lo, hi) for each FID metric recorded, keyed "<folder>: <metric>"."""
 
 
-def _current(store: RecordStore, model: str) -> list[dict]:
-    current, _ = store.latest()
+def _current(store: RecordStore, current: list[dict], model: str) -> list[dict]:
     mine = [s for s in current if s["model"] == model]
     if not mine:
         models = sorted({s["model"] for s in current})
@@ -44,7 +43,8 @@ def compare_models(folders: Sequence[Path], a: str, b: str, draws: int = 2000, s
         if not (Path(folder) / "records").is_dir():
             raise FileNotFoundError(f"{folder} holds no records/; give a results folder (e.g. results/tiny)")
         store = RecordStore(Path(folder) / "records")
-        mine = {m: _current(store, m) for m in (a, b)}
+        current, _ = store.latest()
+        mine = {m: _current(store, current, m) for m in (a, b)}
         for suite, prefix in GENEVAL_SUITES.items():
             by_seed = {m: {s["seed"]: s for s in mine[m] if s["suite"] == suite} for m in (a, b)}
             for run_seed in sorted(set(by_seed[a]) & set(by_seed[b])):

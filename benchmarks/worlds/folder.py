@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from baselines.caption_folder import CAPTIONS_FILE, Entry, load_image, read_captions
+from baselines.caption_folder import CAPTIONS_FILE, Entry, check_listed, load_image, read_captions
 from benchmarks.geneval_rules import Detection
 from benchmarks.worlds.base import Batch, World, check_split
 
@@ -42,15 +42,7 @@ def check_inputs(options: Mapping[str, Any]) -> list[str]:
         return [f"world 'folder': path {path} does not exist. {FIX}"]
     if not (folder / captions).is_file():
         return [f"world 'folder': {folder} has no {captions}. {FIX}"]
-    splits, problems = read_captions(folder, captions)
-    entries = [e for split in splits.values() for e in split]
-    missing = [e.file for e in entries if not e.file.is_file()]
-    if missing:
-        shown = ", ".join(str(f) for f in missing[:3])
-        problems.append(
-            f"world 'folder': {len(missing)} of {len(entries)} images listed in {folder / captions} are missing "
-            f"(e.g. {shown}); copy them there or drop their lines"
-        )
+    splits, problems = check_listed(folder, captions, "world 'folder'")
     if not splits["test"]:
         problems.append(f"world 'folder': {folder / captions} has no test images (rows without \"split\" are test)")
     return problems
