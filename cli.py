@@ -197,6 +197,8 @@ def reproduce(
     typer.echo(to_markdown(frame))
     _say(out, f"wrote {out}/summary.csv, summary.md, summary.tex and samples/")
     _diagnose(p, out, device, log=True)
+    if _wants_curves(p):
+        _curves(p, out, device, None, progress)
     if p.audit is not None:
         from benchmarks.audit.run import run_audit
 
@@ -208,6 +210,43 @@ def _diagnose(p: Any, out: Path, device: str | None, models: list[str] | None = 
 
     steps, samples = run_diagnose(p, out, device=device, models=models)
     _say(out, f"wrote {steps} and {samples}", log)
+
+
+def _wants_curves(p: Any) -> bool:
+    from benchmarks.curves import wants_curves
+
+    return wants_curves(p)
+
+
+def _curves(p: Any, out: Path, device: str | None, models: list[str] | None, progress: bool) -> None:
+    from benchmarks.curves import learning_curves
+
+    path, skipped = learning_curves(p, out, models=models, device=device, progress=progress)
+    note = f" (no snapshots, so no curve: {', '.join(skipped)})" if skipped else ""
+    _say(out, f"wrote {path} and {out}/plots/learning_curves.png{note}")
+
+
+@app.command()
+@user_errors
+def curves(
+    preset: PresetOpt = "tiny",
+    out: Annotated[Path | None, typer.Option(help="Results folder (weights cached in OUT/checkpoints). Default: results/<preset>.")] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated models. Default: the preset's.")] = None,
+    device: DeviceOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Learning curves: GenEval-style overall and FID of every trained model at each of its training snapshots.
+
+    Snapshots are kept while training when the preset's [train.*] tables set snapshot_every (the
+    cpu-reference preset does); `reproduce` then runs this itself. Writes OUT/learning_curves.csv,
+    OUT/plots/learning_curves.png and the records of step N in OUT/curves/step-N/.
+    Example: ntm-bench curves --preset cpu-reference
+    """
+    names = _split(models)
+    from benchmarks.presets import load_preset
+
+    p = load_preset(preset)
+    _curves(p, out or Path("results") / p.name, device, names, progress)
 
 
 @app.command()

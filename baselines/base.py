@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ntm import distributed
-from ntm.checkpoint import is_saved, weights_hash
+from ntm.checkpoint import is_saved, snapshots_of, weights_hash
 from ntm.locking import exclusive
 from ntm.train import checkpointing, weights_recipe
 
@@ -190,6 +191,9 @@ class BuildContext:
                         _train_on_every_rank(directory, train_fn)
                     if not is_saved(directory):
                         raise RuntimeError(f"training {recipe!r} returned without saving {directory}")
+                    if main and (partial / "snapshots").is_dir():  # the EMA snapshots of learning curves
+                        shutil.rmtree(snapshots_of(directory), ignore_errors=True)
+                        os.replace(partial / "snapshots", snapshots_of(directory))
         if main:
             shutil.rmtree(partial, ignore_errors=True)  # also what a run killed between saving and this line left
         return directory
@@ -222,6 +226,7 @@ def _remove_temporaries(directory: Path, partial: Path) -> None:
     """Delete what a run killed while writing `directory` or a training checkpoint left: hidden temporaries
     (`.<name>.*`, see `ntm.checkpoint.save_pretrained` and `ntm.train`). Called under the folder's lock."""
     stale = list(directory.parent.glob(f".{directory.name}.*")) + (list(partial.glob(".*")) if partial.is_dir() else [])
+    stale += list((partial / "snapshots").glob(".*")) if (partial / "snapshots").is_dir() else []
     for path in stale:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

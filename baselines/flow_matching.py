@@ -20,11 +20,15 @@ from ntm.train import TrainConfig, fit
 
 RECIPE = "flow_matching"
 SAMPLERS = {"euler": sample_euler, "heun": sample_heun}
+SHAPE_KEYS = ("width", "depth", "heads", "text_depth")
+"""[backbone] keys that override the named size's shape (the scaling study's width and depth arms)."""
 
 
 def teacher_backbone(ctx: BuildContext) -> BackboneConfig:
-    """The shared backbone as a velocity network for this context's world and preset size."""
+    """The shared backbone as a velocity network for this context's world and preset size (with any of
+    `SHAPE_KEYS` set in the preset's [backbone] table overriding the size's own)."""
     world = ctx.world
+    shape = {k: ctx.backbone[k] for k in SHAPE_KEYS if k in ctx.backbone}
     return backbone_config(
         ctx.backbone["size"],
         patch=ctx.backbone["patch"],
@@ -32,6 +36,7 @@ def teacher_backbone(ctx: BuildContext) -> BackboneConfig:
         in_channels=world.channels,
         out_channels=world.channels,
         vocabulary=tuple(world.vocabulary()),
+        **shape,
     )
 
 

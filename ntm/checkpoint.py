@@ -7,6 +7,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -16,6 +19,42 @@ from safetensors.torch import load_file, save_file
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+
+_SNAPSHOT: ContextVar[tuple[str, int] | None] = ContextVar("ntm_snapshot", default=None)
+
+
+def snapshots_of(directory: str | Path) -> Path:
+    """The folder of a cached model's training snapshots (`ntm.train.snapshot_path`): `<folder>.snapshots`."""
+    directory = Path(directory)
+    return directory.with_name(f"{directory.name}.snapshots")
+
+
+@contextmanager
+def using_snapshot(recipe: str, step: int) -> Iterator[None]:
+    """Inside this block, a cached model folder of `recipe` (`<recipe>-<hash>`) loads, and hashes as, its EMA
+    weights at training step `step` instead of its final ones; every other folder loads as it is. A learning
+    curve builds each model this way at each of its snapshots."""
+    token = _SNAPSHOT.set((recipe, int(step)))
+    try:
+        yield
+    finally:
+        _SNAPSHOT.reset(token)
+
+
+def _snapshot_file(directory: Path) -> Path | None:
+    """The snapshot file standing in for `directory`'s weights under `using_snapshot`, else None."""
+    active = _SNAPSHOT.get()
+    if active is None or not directory.name.startswith(f"{active[0]}-") or "-" in directory.name[len(active[0]) + 1 :]:
+        return None
+    recipe, step = active
+    found = sorted(snapshots_of(directory).glob(f"fit-*-step{step:07d}.pt"))
+    if len(found) != 1:
+        have = sorted({p.name.rsplit("step", 1)[-1][:-3].lstrip("0") for p in snapshots_of(directory).glob("fit-*-step*.pt")})
+        raise FileNotFoundError(
+            f"{directory.name} has no training snapshot at step {step} (snapshots at steps: {', '.join(have) or 'none'}); "
+            f"set snapshot_every in the preset's [train.{recipe}] table and delete {directory} to retrain it with snapshots"
+        )
+    return found[0]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -66,6 +105,9 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu", k
         raise ValueError(f"{directory / CONFIG} is not valid JSON ({err}): the folder is damaged; {fix}") from None
     if kind is not None and config.get("kind") != kind:
         raise ValueError(f"{directory} holds a {config.get('kind')!r} model, not a {kind!r}; pass a {kind!r} folder")
+    snapshot = _snapshot_file(directory)
+    if snapshot is not None:
+        return torch.load(snapshot, map_location=device, weights_only=True), config
     try:
         return load_file(directory / WEIGHTS, device=str(device)), config
     except SafetensorError as err:
@@ -88,7 +130,7 @@ def is_saved(directory: str | Path) -> bool:
 def weights_hash(directory: str | Path) -> str:
     """SHA-256 of the weights file: identifies the exact parameters a record was produced with."""
     digest = hashlib.sha256()
-    with open(Path(directory) / WEIGHTS, "rb") as f:
+    with open(_snapshot_file(Path(directory)) or Path(directory) / WEIGHTS, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ntm import distributed
 from ntm.checkpoint import atomic_write_bytes
 
-RESUME_ONLY = ("checkpoint_every",)
+RESUME_ONLY = ("checkpoint_every", "snapshot_every")
 """TrainConfig fields that change how a run is checkpointed, never its weights: left out of recipe hashes."""
 
 SCHEDULES = ("constant", "cosine")
@@ -59,6 +59,7 @@ _BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
     "cfg_dropout": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "seed": (lambda v: v >= 0, ">= 0"),
     "checkpoint_every": (lambda v: v >= 0, ">= 0 (0 turns training checkpoints off)"),
+    "snapshot_every": (lambda v: v >= 0, ">= 0 (0: no snapshots for learning curves)"),
     "schedule": (lambda v: v in SCHEDULES, f"one of {SCHEDULES}"),
     "final_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
 }
@@ -70,6 +71,8 @@ class TrainConfig:
 
     `checkpoint_every` is the training-checkpoint cadence in optimiser steps (0: none). It does not change
     the weights, so recipe hashes leave it out (`weights_recipe`) and cached models stay valid.
+    `snapshot_every`: every that many steps (the last included) the EMA weights are kept for learning
+    curves (`snapshot_path`; only inside `checkpointing`); like `checkpoint_every` it leaves the weights alone.
     `schedule`: the learning rate after the linear warm-up, "constant" or "cosine" (down to
     `final_lr_ratio` x lr at the last step).
     """
@@ -84,6 +87,7 @@ class TrainConfig:
     cfg_dropout: float = 0.1
     seed: int = 0
     checkpoint_every: int = 200
+    snapshot_every: int = 0
     schedule: str = "constant"
     final_lr_ratio: float = 0.1
 
@@ -189,6 +193,12 @@ def _claim_checkpoint_path() -> Path | None:
     path = scope.directory / f"fit-{scope.fits}.pt"
     scope.fits += 1
     return path
+
+
+def snapshot_path(checkpoint: Path, step: int) -> Path:
+    """Where the fit checkpointing into `checkpoint` (`<folder>/fit-n.pt`) keeps its EMA weights at `step`:
+    `<folder>/snapshots/fit-n-step<step>.pt` (`BuildContext.checkpoint` moves the folder beside the model's)."""
+    return checkpoint.parent / "snapshots" / f"{checkpoint.stem}-step{step:07d}.pt"
 
 
 def _get_state(obj: Any) -> Any:
@@ -349,6 +359,8 @@ def fit(
             losses.append(mean.item())
             bar.update(task, advance=1, loss=sum(losses[-50:]) / len(losses[-50:]))
             done = step + 1
+            if path is not None and config.snapshot_every and done % config.snapshot_every == 0 and distributed.is_main():
+                _save(snapshot_path(path, done), {k: v.detach().to("cpu") for k, v in ema.state_dict().items()})
             every = config.checkpoint_every
             if path is not None and every and done % every == 0 and done < config.steps:
                 streams = distributed.gather_objects({n: g.get_state() for n, g in _generators(state).items()})

@@ -172,3 +172,44 @@ def test_trained_student_samples_per_seed_with_counted_teacher_passes(one_thread
     assert one.spec.nfe == 1 and one.spec.weights_hash == spec.weights_hash
     assert one.sample(prompts[:2], seeds[:2]).shape == (2, 3, 16, 16)
     assert len(list(tmp_path.glob("adversarial-*"))) == 1
+
+
+def load_add_diagnosis():
+    """scripts/add_diagnosis.py as a module (scripts/ is no package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "add_diagnosis.py"
+    spec = importlib.util.spec_from_file_location("add_diagnosis", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_add_diagnosis_tables_on_random_models_and_no_training(one_thread, tmp_path):
+    diagnosis = load_add_diagnosis()
+    teacher = random_teacher(resolution=8)
+    student = random_teacher(seed=1, resolution=8)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.where(torch.rand(4, 1, 8, 8, generator=gen) < 0.75, 255, 0).expand(4, 3, 8, 8).to(torch.uint8)
+    images[0, 1, :2] = 7  # a few pixels of another colour, not the background
+    background = diagnosis.background_colour(images)
+    assert background.tolist() == [255, 255, 255]
+    options = AdversarialOptions((0, 1), student_steps=2)
+    distill = diagnosis.distillation_rows(teacher, options, images, PROMPTS, background, times=(0.1, 0.9))
+    assert [r["input"] for r in distill] == ["real images", "blank background", "teacher x0 at t = 1"]
+    assert all(list(r)[1:] == ["t' = 0.1", "t' = 0.9", "t' ~ U(0, 1)"] for r in distill)
+    assert all(v >= 0 and v == v for r in distill for v in list(r.values())[1:])
+    assert distill == diagnosis.distillation_rows(teacher, options, images, PROMPTS, background, times=(0.1, 0.9))
+    rows = diagnosis.prediction_rows({"add": student, "fm-teacher": teacher}, options, images, PROMPTS, background)
+    assert [(r["model"], r["t"]) for r in rows] == [("real images", "-"), ("add", "1"), ("add", "0.5"),
+                                                    ("fm-teacher", "1"), ("fm-teacher", "0.5")]
+    real = (images == 255).all(1).float().mean().item()
+    assert rows[0]["= background"] == pytest.approx(real) and rows[0]["within 16 of background"] == pytest.approx(real)
+    assert "| input | t' = 0.1 |" in diagnosis.markdown(distill)
+    # no cached weights: a clear exit naming the training command, and nothing trained
+    from benchmarks.presets import load_preset
+
+    with pytest.raises(SystemExit, match="ntm-bench train add --preset tiny"):
+        diagnosis.load_model(load_preset("tiny"), tmp_path, "add", "cpu")
+    assert not any(tmp_path.glob("checkpoints/*-*"))
