@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from baselines.adversarial import (
 from baselines.base import BuildContext
 from baselines.students import x0_prediction
 from baselines.training import CountingTeacher
+from benchmarks.presets import load_preset
 from benchmarks.worlds import get_world
 from tests.conftest import random_teacher
 
@@ -176,9 +179,6 @@ def test_trained_student_samples_per_seed_with_counted_teacher_passes(one_thread
 
 def load_add_diagnosis():
     """scripts/add_diagnosis.py as a module (scripts/ is no package)."""
-    import importlib.util
-    from pathlib import Path
-
     path = Path(__file__).resolve().parents[1] / "scripts" / "add_diagnosis.py"
     spec = importlib.util.spec_from_file_location("add_diagnosis", path)
     module = importlib.util.module_from_spec(spec)
@@ -208,8 +208,6 @@ def test_add_diagnosis_tables_on_random_models_and_no_training(one_thread, tmp_p
     assert rows[0]["= background"] == pytest.approx(real) and rows[0]["within 16 of background"] == pytest.approx(real)
     assert "| input | t' = 0.1 |" in diagnosis.markdown(distill)
     # no cached weights: a clear exit naming the training command, and nothing trained
-    from benchmarks.presets import load_preset
-
     with pytest.raises(SystemExit, match="ntm-bench train add --preset tiny"):
         diagnosis.load_model(load_preset("tiny"), tmp_path, "add", "cpu")
     assert not any(tmp_path.glob("checkpoints/*-*"))
