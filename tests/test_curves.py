@@ -90,3 +90,20 @@ def test_cpu_reference_has_every_family_at_one_budget_with_snapshots():
         if key != "ntm_denoiser":  # ntm-fast's weights are two networks: no single curve
             every = table.get("snapshot_every", 0)
             assert every > 0 and table["steps"] % every == 0, key
+
+
+def test_scaling_study_scores_on_a_validation_draw_not_the_evaluation_sets():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("scaling_study", Path(__file__).parents[1] / "scripts" / "scaling_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    base = load_preset("cpu-reference")
+    v = study.validation(base, ("geneval", "fid"))
+    assert v.models == ("fm-teacher",) and v.audit is None
+    assert v.suite_options["geneval"]["prompt_seed"] != base.suite_options.get("geneval", {}).get("prompt_seed", 0)
+    assert set(v.seeds).isdisjoint(base.seeds)
+    evaluation_end = 2 * base.suite_options["fid"]["images"]  # reference set and floor set
+    assert v.suite_options["fid"]["first_index"] >= evaluation_end
+    assert {a["resolution"] for a in study.ARMS.values()} == {16, 32} and {a["patch"] for a in study.ARMS.values()} == {2, 4}
