@@ -141,7 +141,7 @@ def train_wall(shared: Path, generator) -> float:
 def run_steps(base: Preset, out: Path, shared: Path) -> list[dict]:
     """The preset's own teacher at each of its training snapshots (`benchmarks.curves`), scored like the arms."""
     from benchmarks.curves import own_folder, snapshot_steps
-    from ntm.checkpoint import using_snapshot
+    from ntm.checkpoint import read_metadata, using_snapshot
 
     preset = validation(base, ("geneval", "fid"))
     folder = own_folder(shared, train(preset, arm_folder(out, "steps", shared), MODEL, progress=False).spec.weights_hash)
@@ -154,7 +154,7 @@ def run_steps(base: Preset, out: Path, shared: Path) -> list[dict]:
         with using_snapshot(recipe, step):
             evaluate(preset, where, progress=False)
             generator = train(preset, where, MODEL, progress=False)
-        wall = train_wall(shared, generator) * step / steps[-1]
+        wall = read_metadata(folder).get("stats", {}).get("wall_s", float("nan")) * step / steps[-1]  # the final run's, pro rata
         rows.append(row(f"steps@{step}", preset, where, wall, step, generator.spec.parameters))
     return rows
 
