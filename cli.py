@@ -185,6 +185,7 @@ def reproduce(
     OUT/checkpoints. Overrides (--set, --limit, --seeds, --batch-size) go into every record's protocol.
     Example: ntm-bench reproduce --preset tiny --out /tmp/tiny
     """
+    from benchmarks.curves import wants_curves
     from benchmarks.runner import evaluate
     from benchmarks.tables import to_markdown, write_tables
 
@@ -197,7 +198,7 @@ def reproduce(
     typer.echo(to_markdown(frame))
     _say(out, f"wrote {out}/summary.csv, summary.md, summary.tex and samples/")
     _diagnose(p, out, device, log=True)
-    if _wants_curves(p):
+    if wants_curves(p):
         _curves(p, out, device, None, progress)
     if p.audit is not None:
         from benchmarks.audit.run import run_audit
@@ -210,12 +211,6 @@ def _diagnose(p: Any, out: Path, device: str | None, models: list[str] | None = 
 
     steps, samples = run_diagnose(p, out, device=device, models=models)
     _say(out, f"wrote {steps} and {samples}", log)
-
-
-def _wants_curves(p: Any) -> bool:
-    from benchmarks.curves import wants_curves
-
-    return wants_curves(p)
 
 
 def _curves(p: Any, out: Path, device: str | None, models: list[str] | None, progress: bool) -> None:

@@ -14,7 +14,6 @@ pair of networks, an adapter of outside weights) has no curve and is listed as s
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,15 +48,6 @@ def snapshot_steps(folder: Path) -> list[int]:
     return sorted({int(p.stem.rsplit("step", 1)[1]) for p in snapshots_of(folder).glob("fit-*-step*.pt")})
 
 
-def _step_folder(out: Path, step: int) -> Path:
-    folder = out / "curves" / f"step-{step}"
-    folder.mkdir(parents=True, exist_ok=True)
-    link = folder / "checkpoints"
-    if not link.exists() and not link.is_symlink():
-        link.symlink_to(os.path.relpath(out / "checkpoints", folder))  # relative: the results folder can move
-    return folder
-
-
 def learning_curves(
     preset: Preset, out: Path, models: Sequence[str] | None = None, device: str | None = None, progress: bool = False,
 ) -> tuple[Path, list[str]]:
@@ -65,12 +55,13 @@ def learning_curves(
 
     Needs the preset's models trained in OUT/checkpoints with snapshots (`ntm-bench reproduce` does both);
     finished points are found in their records and not recomputed."""
-    from benchmarks.runner import evaluate, train
+    from benchmarks.runner import evaluate, share_checkpoints, train
     from benchmarks.tables import summary_frame
 
     out = Path(out)
     suites = tuple(s for s in CURVE_SUITES if s in preset.suites)
     rows, skipped = [], []
+    final = summary_frame(RecordStore(out / "records"))  # the main table's records: each curve's last point
     for model in models or preset.models:
         generator = train(preset, out, model, device=device, progress=progress)
         spec = generator.spec
@@ -82,9 +73,9 @@ def learning_curves(
         recipe = folder.name.rsplit("-", 1)[0]
         for step in steps:
             if step == steps[-1]:  # the final weights: the main table's record
-                frame = summary_frame(RecordStore(out / "records"))
+                frame = final
             else:
-                where = _step_folder(out, step)
+                where = share_checkpoints(out / "curves" / f"step-{step}", out / "checkpoints")
                 with using_snapshot(recipe, step):
                     evaluate(preset, where, models=[model], suites=suites, device=device, progress=progress)
                 frame = summary_frame(RecordStore(where / "records"))

@@ -66,6 +66,26 @@ def build_context(preset: Preset, out_dir: Path, device: str | None = None, prog
     return BuildContext(world, dev, Path(out_dir) / "checkpoints", preset.backbone, preset.train, progress)
 
 
+def share_checkpoints(folder: Path, shared: Path) -> Path:
+    """`folder` (created if missing) with its `checkpoints` a relative link to `shared`: results folders of one
+    study (ablation rows, scaling arms, learning-curve steps) train and find each model once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "checkpoints"
+    if not link.exists() and not link.is_symlink():
+        link.symlink_to(os.path.relpath(shared, folder))
+    return folder
+
+
+def link_cached(source: Path, shared: Path) -> Path:
+    """Link every finished model folder of the checkpoint folder `source` (and its snapshots) into `shared`,
+    so a study reuses a results folder's trained models instead of training them again; returns `shared`."""
+    shared.mkdir(parents=True, exist_ok=True)
+    for folder in Path(source).resolve().glob("*"):
+        if folder.is_dir() and not folder.name.endswith(".partial") and not (shared / folder.name).exists():
+            (shared / folder.name).symlink_to(folder)
+    return shared
+
+
 def train(preset: Preset, out_dir: Path, model: str, device: str | None = None, progress: bool = True, **options) -> Generator:
     """Build `model` as `preset` configures it (training its weights if not cached), with `options` on top.
 

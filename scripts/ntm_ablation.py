@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.diagnose import diagnose  # noqa: E402
 from benchmarks.presets import load_preset  # noqa: E402
 from benchmarks.records import RecordStore  # noqa: E402
-from benchmarks.runner import evaluate, train  # noqa: E402
+from benchmarks.runner import evaluate, link_cached, share_checkpoints, train  # noqa: E402
 from benchmarks.tables import summary_frame  # noqa: E402
 
 # name -> (model, transporter overrides, [train.ntm] overrides, model option overrides)
@@ -61,12 +61,7 @@ def main() -> None:
     preset = load_preset(args.preset)
     if args.steps is not None:
         preset = dataclasses.replace(preset, train=preset.train | {"ntm": preset.train["ntm"] | {"steps": args.steps}})
-    reuse = (args.reuse or Path("results") / preset.name / "checkpoints").resolve()
-    shared = args.out / "checkpoints"
-    shared.mkdir(parents=True, exist_ok=True)
-    for folder in reuse.glob("*"):
-        if folder.is_dir() and not folder.name.endswith(".partial") and not (shared / folder.name).exists():
-            (shared / folder.name).symlink_to(folder)
+    shared = link_cached(args.reuse or Path("results") / preset.name / "checkpoints", args.out / "checkpoints")
     by_slug = {slug(name): name for name in VARIANTS}
     unknown = sorted(set(args.variants.split(",")) - set(by_slug)) if args.variants else []
     if unknown:
@@ -81,10 +76,7 @@ def main() -> None:
             backbone=backbone, train=preset.train | {"ntm": preset.train["ntm"] | train_over},
             model_options=preset.model_options | {model: preset.model_options.get(model, {}) | options}, audit=None,
         )
-        out = args.out / slug(name)
-        out.mkdir(parents=True, exist_ok=True)
-        if not (out / "checkpoints").exists():
-            (out / "checkpoints").symlink_to(shared.resolve())
+        out = share_checkpoints(args.out / slug(name), shared)
         evaluate(variant, out, progress=False)
         steps_csv, _ = diagnose(variant, out, models=[model], samples=0)
         with steps_csv.open() as f:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.presets import Preset, load_preset  # noqa: E402
 from benchmarks.records import RecordStore  # noqa: E402
-from benchmarks.runner import evaluate, train  # noqa: E402
+from benchmarks.runner import evaluate, link_cached, share_checkpoints, train  # noqa: E402
 from benchmarks.tables import summary_frame  # noqa: E402
 from ntm.backbone import SIZES  # noqa: E402
 
@@ -81,37 +81,21 @@ def main() -> None:
     unknown = sorted(set(names) - set(ARMS) - set(EXTRA))
     if unknown:
         raise SystemExit(f"unknown arm(s) {unknown}; valid: {', '.join([*ARMS, *EXTRA])}")
-    shared = link_checkpoints(base, args.out)
+    shared = link_cached(Path("results") / base.name / "checkpoints", args.out / "checkpoints")
     rows = read_rows(args.out / "scaling.csv")
     for arm in names:
-        rows = [r for r in rows if r["arm"] != arm and not r["arm"].startswith(f"{arm}@")]
         if arm == "steps":
-            rows += run_steps(base, args.out, shared)
+            new = run_steps(base, args.out, shared)
         elif arm == "guidance":
-            rows += run_guidance(base, args.out, shared)
+            new = run_guidance(base, args.out, shared)
         else:
-            rows.append(run_arm(arm, base, args.out, shared, args.steps))
+            new = [run_arm(arm, base, args.out, shared, args.steps)]
+        mine = [i for i, r in enumerate(rows) if r["arm"] == arm or r["arm"].startswith(f"{arm}@")]
+        at = mine[0] if mine else len(rows)  # a re-run arm keeps its place in the table
+        rows = [r for i, r in enumerate(rows) if i not in mine]
+        rows[at:at] = new
         write(args.out, rows, base)
     print((args.out / "scaling.md").read_text())
-
-
-def link_checkpoints(preset: Preset, out: Path) -> Path:
-    """OUT/checkpoints, with the reference run's checkpoints linked in (the same recipe is not trained twice)."""
-    shared = out / "checkpoints"
-    shared.mkdir(parents=True, exist_ok=True)
-    reuse = (Path("results") / preset.name / "checkpoints").resolve()
-    for folder in reuse.glob("*"):
-        if folder.is_dir() and not folder.name.endswith(".partial") and not (shared / folder.name).exists():
-            (shared / folder.name).symlink_to(folder)
-    return shared
-
-
-def arm_folder(out: Path, name: str, shared: Path) -> Path:
-    folder = out / name
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "checkpoints").exists():
-        (folder / "checkpoints").symlink_to(shared.resolve())
-    return folder
 
 
 def run_arm(arm: str, base: Preset, out: Path, shared: Path, steps: int) -> dict:
@@ -123,7 +107,7 @@ def run_arm(arm: str, base: Preset, out: Path, shared: Path, steps: int) -> dict
     )
     suites = ("geneval",) if preset.resolution != 16 else ("geneval", "fid")
     preset = validation(preset, suites)
-    folder = arm_folder(out, arm, shared)
+    folder = share_checkpoints(out / arm, shared)
     evaluate(preset, folder, progress=False)
     generator = train(preset, folder, MODEL, progress=False)
     return row(arm, preset, folder, train_wall(shared, generator), steps, generator.spec.parameters)
@@ -144,13 +128,13 @@ def run_steps(base: Preset, out: Path, shared: Path) -> list[dict]:
     from ntm.checkpoint import read_metadata, using_snapshot
 
     preset = validation(base, ("geneval", "fid"))
-    folder = own_folder(shared, train(preset, arm_folder(out, "steps", shared), MODEL, progress=False).spec.weights_hash)
+    folder = own_folder(shared, train(preset, share_checkpoints(out / "steps", shared), MODEL, progress=False).spec.weights_hash)
     steps = snapshot_steps(folder) if folder is not None else []
     if not steps:
         raise SystemExit(f"the {base.name} teacher has no training snapshots: set snapshot_every in [train.flow_matching]")
     recipe, rows = folder.name.rsplit("-", 1)[0], []
     for step in steps:
-        where = arm_folder(out, f"steps-{step}", shared)
+        where = share_checkpoints(out / f"steps-{step}", shared)
         with using_snapshot(recipe, step):
             evaluate(preset, where, progress=False)
             generator = train(preset, where, MODEL, progress=False)
@@ -165,7 +149,7 @@ def run_guidance(base: Preset, out: Path, shared: Path) -> list[dict]:
     for w in GUIDANCE:
         options = base.model_options | {MODEL: base.model_options.get(MODEL, {}) | {"guidance": w}}
         preset = validation(dataclasses.replace(base, model_options=options), ("geneval", "fid"))
-        where = arm_folder(out, f"guidance-{w:g}", shared)
+        where = share_checkpoints(out / f"guidance-{w:g}", shared)
         evaluate(preset, where, progress=False)
         generator = train(preset, where, MODEL, progress=False)
         steps = preset.train["flow_matching"]["steps"]
